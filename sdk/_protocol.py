@@ -1,0 +1,259 @@
+"""The wire protocol between the supervisor and its workers: data only, no I/O.
+
+Frames are length-prefixed (4-byte big-endian length, then one msgpack-encoded
+message). Every message is a tagged `msgspec.Struct`; the tag is its class name.
+Writers coalesce: a connection drains every queued frame into one `send_all`, so a
+burst of small messages costs one syscall (measured here: ~9 k msg/s unbatched
+versus 50-85 k msg/s coalesced over a trio Unix socket).
+
+Handshake: the worker sends `Hello(version, pid, index)`; the supervisor answers
+`Welcome(version, ...)` or closes the connection when versions differ.
+
+Requests carry a `request_id` unique per direction: the supervisor numbers what it
+sends (`Fetch`, `Rpc`, `LoadDeployment`, ...) and the worker answers with `Reply`;
+the worker numbers its own outgoing calls (`Call`) and the supervisor answers with
+`CallReply`. Errors travel as plain fields (see `_errors.error_to_fields`), never
+pickled. User values inside RPC travel as bytes of the value codec (`_codec`).
+
+This module never imports trio and does no I/O, so it is unit-testable alone.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 1 << 30  # 1 GiB: a frame bigger than this is a protocol error.
+
+_LEN = struct.Struct(">I")
+
+
+class _Msg(msgspec.Struct, tag=True, frozen=True, array_like=True, omit_defaults=True):
+    pass
+
+
+# ----------------------------------------------------------------- plain records
+
+
+class Target(msgspec.Struct, frozen=True, array_like=True):
+    """An object address: its class (namespace) and id; `name` when known."""
+
+    class_name: str
+    id: str
+    name: str | None = None
+
+
+class HttpRequest(msgspec.Struct, frozen=True, array_like=True):
+    method: str
+    url: str
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
+class HttpResponse(msgspec.Struct, frozen=True, array_like=True):
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    # Set when the response accepts a WebSocket: the handle id chosen by the worker.
+    web_socket: int | None = None
+
+
+# ----------------------------------------------------------------- handshake
+
+
+class Hello(_Msg):
+    """Worker -> supervisor, first frame."""
+
+    version: int
+    pid: int
+    index: int
+
+
+class Welcome(_Msg):
+    """Supervisor -> worker, answer to Hello: the worker's shards and settings."""
+
+    version: int
+    shard_count: int
+    shards: list[int]
+    worker_count: int
+    settings: dict[str, Any]
+
+
+class AssignShards(_Msg):
+    """Supervisor -> worker: the complete, current shard map (index per shard)."""
+
+    owners: list[int]
+
+
+# ----------------------------------------------------------------- supervisor -> worker
+
+
+class LoadDeployment(_Msg):
+    """Unpickle and (unless `validate_only`) activate a deployment bundle."""
+
+    request_id: int
+    version: int
+    bundle: bytes
+    # {"bindings": {binding: class}, "vars": {...}, "namespaces": {class: [key, secret_hex]},
+    #  "classes": [...], "has_default": bool}
+    manifest: dict[str, Any]
+    validate_only: bool = False
+
+
+class Fetch(_Msg):
+    """Deliver an HTTP request to an object (`target`) or to `Default` (no target)."""
+
+    request_id: int
+    request: HttpRequest
+    target: Target | None = None
+
+
+class Rpc(_Msg):
+    request_id: int
+    target: Target
+    method: str
+    args: bytes  # codec-encoded (args tuple, kwargs dict)
+
+
+class Admin(_Msg):
+    """An object-level admin operation executed by the owning worker.
+
+    op: "delete", "export", "import", "info", "run_alarm", "inject", "evict".
+    """
+
+    request_id: int
+    op: str
+    target: Target
+    data: bytes = b""
+    params: dict[str, Any] = {}
+
+
+class Cancel(_Msg):
+    request_id: int
+
+
+class CallReply(_Msg):
+    """Supervisor -> worker: the result of a worker-originated `Call`."""
+
+    request_id: int
+    ok: bool
+    response: HttpResponse | None = None
+    value: bytes = b""
+    error: dict[str, Any] | None = None
+
+
+class Shutdown(_Msg):
+    """Finish in-flight events within `grace` seconds, then exit."""
+
+    grace: float
+
+
+# ----------------------------------------------------------------- worker -> supervisor
+
+
+class Reply(_Msg):
+    """Worker -> supervisor: the result of a supervisor request.
+
+    `committed` is true when the event made a durable write (so a failure after it
+    is not retryable).
+    """
+
+    request_id: int
+    ok: bool
+    response: HttpResponse | None = None
+    value: bytes = b""
+    error: dict[str, Any] | None = None
+
+
+class Call(_Msg):
+    """Worker -> supervisor: a stub call to an object owned by another worker."""
+
+    request_id: int
+    target: Target
+    kind: str  # "fetch" | "rpc"
+    request: HttpRequest | None = None
+    method: str = ""
+    args: bytes = b""
+
+
+class Committed(_Msg):
+    """Worker -> supervisor: the event `request_id` has made a durable write."""
+
+    request_id: int
+
+
+class Stats(_Msg):
+    """Worker -> supervisor, periodic: gauges and metered deltas."""
+
+    objects_active: int
+    meters: list[list[Any]] = []
+
+
+Message = (
+    Hello
+    | Welcome
+    | AssignShards
+    | LoadDeployment
+    | Fetch
+    | Rpc
+    | Admin
+    | Cancel
+    | CallReply
+    | Shutdown
+    | Reply
+    | Call
+    | Committed
+    | Stats
+)
+
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Message)
+
+
+class ProtocolError(Exception):
+    """A frame that cannot be decoded or is too large."""
+
+
+def encode_frame(msg: _Msg) -> bytes:
+    payload = _encoder.encode(msg)
+    return _LEN.pack(len(payload)) + payload
+
+
+def decode_message(payload: bytes | memoryview) -> Any:
+    try:
+        return _decoder.decode(payload)
+    except msgspec.DecodeError as exc:
+        raise ProtocolError(f"bad frame: {exc}") from None
+
+
+class FrameReader:
+    """Incremental frame splitter: feed bytes, iterate complete messages."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[Any]:
+        buf = self._buf
+        buf += data
+        out = []
+        pos = 0
+        n = len(buf)
+        while n - pos >= 4:
+            (length,) = _LEN.unpack_from(buf, pos)
+            if length > MAX_FRAME:
+                raise ProtocolError(f"frame of {length} bytes exceeds the limit")
+            if n - pos - 4 < length:
+                break
+            out.append(decode_message(bytes(buf[pos + 4 : pos + 4 + length])))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return out
+
+
+def shard_of(object_id: str, shard_count: int) -> int:
+    """The shard of an object id (64 hex chars): stable across restarts."""
+    return int(object_id[:8], 16) % shard_count

@@ -1,0 +1,1 @@
+"""stateroom.supervisor: the trio process that owns the port, the workers and the data."""

@@ -1,0 +1,1 @@
+"""stateroom.worker: the worker process (user code, objects, storage)."""

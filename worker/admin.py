@@ -1,0 +1,40 @@
+"""Object-level admin operations run by the owning worker (delete, info, inject)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stateroom import _codec
+from stateroom._protocol import Admin
+
+
+async def run_admin(worker: Any, msg: Admin) -> bytes:
+    target = msg.target
+    if msg.op == "inject":
+        key = (msg.params["point"], target.class_name, target.id)
+        worker.faults[key] = float(msg.params.get("times", 1))
+        return _codec.encode(True)
+    if msg.op == "info":
+        host = worker.catalog.get((target.class_name, target.id))
+        path = worker.object_path(target)
+        size = host.db.size_bytes() if host is not None else _size(path)
+        return _codec.encode({"bytes": size, "active": bool(host and host.instance is not None)})
+    if msg.op == "delete":
+        host = worker.host_for(target)
+        host.reset("deleted by an admin")
+        host.db.remove_files()
+        worker.evict(host)
+        return _codec.encode(True)
+    raise ValueError(f"unknown admin op {msg.op!r}")
+
+
+def _size(path: Any) -> int:
+    import os
+
+    total = 0
+    for suffix in ("", "-wal"):
+        try:
+            total += os.path.getsize(str(path) + suffix)
+        except FileNotFoundError:
+            pass
+    return total

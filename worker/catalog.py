@@ -1,0 +1,302 @@
+"""The catalog of live objects in one worker, and the gates of each object.
+
+An `ObjectHost` is the activation of one object id in this worker: its instance,
+its database, the queue of events waiting to start, and the events in flight.
+Lifecycle (`HostState`): LOADING -> ACTIVE -> (HIBERNATED | GONE). The catalog
+holds at most one host per id, and only for ids of shards this worker owns; with
+shard ownership that makes one live instance per id in the whole runtime.
+
+Gates (modelled on workerd's io-gate):
+
+* Order: events start in arrival order. A per-object runner pops the queue and
+  starts each event with `nursery.start`, which returns only once the new event
+  has run up to its first real yield, so the next event cannot overtake it.
+* Input gate: storage calls are synchronous on the worker's trio thread, so no
+  other event of the object starts while one runs. At any other await the next
+  event may start (interleaving, as in Cloudflare). `block_concurrency_while` and
+  `transaction` hold `gate` so the runner starts nothing until they finish.
+* Write coalescing: the first write of a batch opens a SQLite transaction and
+  schedules a flush task; trio runs that task only after the writing task yields
+  at a non-storage await, so every write between two such awaits commits together.
+* Output gate: replies, RPC results and WebSocket sends wait for the commit of
+  every write made before them: an event commits before its reply is released, and
+  `ws.send` during an open transaction is queued until the commit. If a commit
+  fails, queued output is dropped, callers get `ObjectResetError`, and the object
+  is reset.
+
+Invariant: `not host.db.in_txn` implies `not host.pending_output`.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import enum
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import trio
+
+from stateroom._errors import DurableObjectError, ObjectResetError, OverloadedError
+from stateroom._protocol import Target
+
+from .storage import Database
+
+
+class HostState(enum.Enum):
+    LOADING = "loading"
+    ACTIVE = "active"
+    HIBERNATED = "hibernated"
+    GONE = "gone"
+
+
+class Event:
+    """One delivery to an object (fetch, RPC, alarm, socket event)."""
+
+    __slots__ = ("fn", "request_id", "wrote", "committed", "done", "result", "error", "scope", "generation")
+
+    def __init__(self, fn: Callable[[Any], Awaitable[Any]], request_id: int | None) -> None:
+        self.fn = fn
+        self.request_id = request_id
+        # True once this event wrote in the open (uncommitted) transaction.
+        self.wrote = False
+        # True once a write of this event is durable (a failure is then not retryable).
+        self.committed = False
+        self.done = trio.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.scope: trio.CancelScope | None = None
+        # Host generation the event started under; a reset bumps the host's.
+        self.generation = -1
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        if not self.done.is_set():
+            self.result, self.error = result, error
+            self.done.set()
+
+
+CURRENT_EVENT: contextvars.ContextVar[Event | None] = contextvars.ContextVar(
+    "stateroom_current_event", default=None
+)
+
+
+class ObjectHost:
+    def __init__(self, worker: Any, target: Target, cls: type, db: Database) -> None:
+        self.worker = worker
+        self.target = target
+        self.cls = cls
+        self.db = db
+        db.on_first_write = self._on_first_write
+        self.state = HostState.LOADING
+        # The user's DurableObject instance; None until constructed / after reset.
+        self.instance: Any = None
+        self.ctx: Any = None
+        # Events waiting to start, in arrival order.
+        self.queue: deque[Event] = deque()
+        # Events started and not finished.
+        self.inflight: set[Event] = set()
+        # Held by block_concurrency_while / transaction: no event starts meanwhile.
+        self.gate = trio.Lock()
+        # True while the runner task is draining `queue`.
+        self.runner_active = False
+        # Output held back until the open transaction commits (callables to run).
+        self.pending_output: list[Callable[[], None]] = []
+        self.flush_scheduled = False
+        # Nesting depth of storage.transaction(); the flusher never commits inside one.
+        self.txn_depth = 0
+        # Bumped at every reset; events of an older generation fail.
+        self.generation = 0
+        # Pending ctx.wait_until tasks.
+        self.waiting = 0
+        self.last_used = trio.current_time()
+
+    # ------------------------------------------------------------- events
+
+    def submit(self, event: Event) -> None:
+        limit = self.worker.settings.get("max_queued_events", 1000)
+        if len(self.queue) >= limit:
+            raise OverloadedError(
+                f"object {self.target.id[:16]}… has {len(self.queue)} queued events"
+                f" (limit {limit})"
+            )
+        self.queue.append(event)
+        self.last_used = trio.current_time()
+        if not self.runner_active:
+            self.runner_active = True
+            self.worker.nursery.start_soon(self._run_queue)
+
+    async def _run_queue(self) -> None:
+        try:
+            while self.queue:
+                async with self.gate:
+                    pass
+                if not self.queue:
+                    break
+                event = self.queue.popleft()
+                if self.instance is None:
+                    try:
+                        self.worker.construct(self)
+                    except BaseException as exc:  # constructor failed: fail this event
+                        event.finish(error=exc)
+                        continue
+                await self.worker.nursery.start(self._run_event, event)
+        finally:
+            self.runner_active = False
+
+    async def _run_event(self, event: Event, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        event.generation = self.generation
+        self.inflight.add(event)
+        CURRENT_EVENT.set(event)
+        try:
+            with trio.CancelScope() as scope:
+                event.scope = scope
+                task_status.started()
+                try:
+                    result = await event.fn(self.instance)
+                    if event.generation != self.generation:
+                        raise ObjectResetError(
+                            "the object was reset during this event",
+                            retryable=not event.committed,
+                        )
+                    self.commit()
+                    event.finish(result=result)
+                except ObjectResetError as exc:
+                    event.finish(error=exc)
+                except DurableObjectError as exc:
+                    if event.generation == self.generation:
+                        self._commit_quietly()
+                    event.finish(error=exc)
+                except Exception as exc:
+                    # User errors do not undo writes already made (SPEC §5).
+                    if event.generation == self.generation:
+                        self._commit_quietly()
+                    if event.generation != self.generation:
+                        exc = ObjectResetError(
+                            "the object was reset during this event",
+                            retryable=not event.committed,
+                        )
+                    event.finish(error=exc)
+            if scope.cancelled_caught and not event.done.is_set():
+                event.finish(
+                    error=ObjectResetError(
+                        "the object was reset during this event", retryable=not event.committed
+                    )
+                )
+        finally:
+            self.inflight.discard(event)
+            self.last_used = trio.current_time()
+            if not event.done.is_set():
+                event.finish(error=ObjectResetError("event abandoned", retryable=not event.committed))
+
+    # ------------------------------------------------------------- commit / gates
+
+    def note_write(self) -> None:
+        event = CURRENT_EVENT.get()
+        if event is not None:
+            event.wrote = True
+
+    def _on_first_write(self) -> None:
+        if not self.flush_scheduled:
+            self.flush_scheduled = True
+            self.worker.nursery.start_soon(self._flush, self.generation)
+
+    async def _flush(self, generation: int) -> None:
+        self.flush_scheduled = False
+        if generation != self.generation or self.txn_depth:
+            return
+        self._commit_quietly()
+
+    def _commit_quietly(self) -> None:
+        try:
+            self.commit()
+        except ObjectResetError:
+            pass
+
+    def commit(self) -> None:
+        """Commit the open transaction and release held output. On failure: reset."""
+        if self.txn_depth:
+            return
+        if self.db.in_txn:
+            self.worker.fault_point("before_commit", self)
+            try:
+                self.db.commit()
+            except Exception as exc:
+                self.reset(f"commit failed: {exc}")
+                raise ObjectResetError(f"commit failed: {exc}", retryable=False) from None
+            for ev in self.inflight:
+                if ev.wrote:
+                    ev.wrote = False
+                    if not ev.committed:
+                        ev.committed = True
+                        if ev.request_id is not None:
+                            self.worker.notify_committed(ev.request_id)
+            self.worker.fault_point("after_commit", self)
+        if self.pending_output:
+            out, self.pending_output = self.pending_output, []
+            for fn in out:
+                fn()
+
+    def send_output(self, fn: Callable[[], None]) -> None:
+        """Run `fn` (an outgoing message) once earlier writes are durable."""
+        if self.db.in_txn:
+            self.pending_output.append(fn)
+        else:
+            fn()
+
+    async def block_concurrency_while(self, fn: Callable[[], Awaitable[Any]]) -> Any:
+        async with self.gate:
+            generation = self.generation
+            try:
+                with trio.fail_after(30):
+                    return await fn()
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled):
+                    raise
+                if generation == self.generation:
+                    self.reset(f"block_concurrency_while failed: {exc!r}")
+                if isinstance(exc, trio.TooSlowError):
+                    raise ObjectResetError(
+                        "block_concurrency_while exceeded its 30 s limit"
+                    ) from None
+                raise
+
+    def reset(self, reason: str) -> None:
+        """Discard the instance and uncommitted writes; fail events in flight."""
+        self.generation += 1
+        self.pending_output.clear()
+        self.txn_depth = 0
+        try:
+            self.db.rollback()
+        finally:
+            self.db.close()
+        self.instance = None
+        self.ctx = None
+        self.state = HostState.LOADING
+        for ev in list(self.inflight):
+            ev.finish(
+                error=ObjectResetError(f"object reset: {reason}", retryable=not ev.committed)
+            )
+            if ev.scope is not None:
+                ev.scope.cancel()
+
+    # ------------------------------------------------------------- idleness
+
+    def is_idle(self) -> bool:
+        return not self.queue and not self.inflight and not self.waiting and not self.gate.locked()
+
+    def idle_for(self) -> float:
+        if not self.is_idle():
+            return 0.0
+        return trio.current_time() - self.last_used
+
+    def close(self) -> None:
+        """Evict: drop the instance, close the database (no event may be running)."""
+        self.state = HostState.GONE
+        self.instance = None
+        self.ctx = None
+        if self.db.conn is not None and self.db.is_empty() and not self.worker.has_alarm(self):
+            self.db.remove_files()
+        else:
+            self.db.close()
+
+

@@ -1,0 +1,489 @@
+"""The worker process: loads deployments, hosts the objects of its shards, runs `Default`.
+
+A worker talks to its supervisor over one Unix socket (inherited fd) using the
+framed protocol of `stateroom._protocol`. It unpickles deployed code (only workers
+ever do), keeps the catalog of live objects (`catalog.py`) for the shards it owns,
+and runs the app's `Default` entrypoint for any HTTP request it is handed.
+
+Stub calls from user code go straight to the local catalog when this worker owns
+the target's shard, else through the supervisor (`Call` / `CallReply`).
+
+Lifetime: the worker exits when its supervisor connection closes (so orphans of a
+dead supervisor go away by themselves).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import cloudpickle
+import trio
+
+from stateroom import _codec
+from stateroom._errors import (
+    BindingNotFoundError,
+    DurableObjectError,
+    WorkerCrashedError,
+    error_from_fields,
+    error_to_fields,
+)
+from stateroom._framing import FramedConnection
+from stateroom._http import Request, Response
+from stateroom._ids import DurableObjectId, IdFactory
+from stateroom._object import DurableObject, WorkerEntrypoint, is_rpc_callable
+from stateroom._protocol import (
+    PROTOCOL_VERSION,
+    Admin,
+    AssignShards,
+    Call,
+    CallReply,
+    Cancel,
+    Committed,
+    Fetch,
+    Hello,
+    LoadDeployment,
+    Reply,
+    Rpc,
+    Shutdown,
+    Stats,
+    Target,
+    Welcome,
+    shard_of,
+)
+from stateroom._stub import DurableObjectNamespace
+from stateroom._wire import request_from_wire, request_to_wire, response_from_wire, response_to_wire
+
+from .alarms import AlarmStore
+from .catalog import Event, HostState, ObjectHost
+from .context import EntrypointContext, Env, ObjectState
+from .pitr import Pitr
+from .sockets import SocketRegistry
+from .storage import Database
+
+
+def error_response(exc: BaseException, debug: bool) -> Response:
+    """The 500 (or 503) HTTP response for an exception that escaped a fetch handler."""
+    if isinstance(exc, DurableObjectError) and (exc.retryable or exc.overloaded):
+        return Response(
+            f"{type(exc).__name__}: {exc}", status=503, headers={"retry-after": "1"}
+        )
+    body = f"{type(exc).__name__}: {exc}"
+    if debug:
+        body += "\n\n" + "".join(traceback.format_exception(exc))
+    return Response(body, status=500)
+
+
+class Deployment:
+    """One loaded deployment: classes unpickled from the bundle plus its manifest."""
+
+    def __init__(self, version: int, bundle: bytes, manifest: dict[str, Any]) -> None:
+        self.version = version
+        self.manifest = manifest
+        try:
+            loaded = cloudpickle.loads(bundle)
+        except Exception as exc:
+            raise ValueError(f"cannot load deployment code: {type(exc).__name__}: {exc}") from None
+        if not isinstance(loaded, dict) or "classes" not in loaded:
+            raise ValueError("deployment bundle has an unexpected shape")
+        self.classes: dict[str, type] = dict(loaded["classes"])
+        self.default: type | None = loaded.get("default")
+        for binding, class_name in manifest["bindings"].items():
+            cls = self.classes.get(class_name)
+            if cls is None:
+                raise ValueError(
+                    f"binding {binding!r}: class {class_name!r} is not defined in the module"
+                )
+        for name, cls in self.classes.items():
+            if not (isinstance(cls, type) and issubclass(cls, DurableObject)):
+                raise ValueError(f"{name!r} is not a DurableObject subclass")
+        if self.default is not None and not (
+            isinstance(self.default, type) and issubclass(self.default, WorkerEntrypoint)
+        ):
+            raise ValueError("'Default' must subclass WorkerEntrypoint")
+        # class name -> (namespace key, secret)
+        self.namespaces: dict[str, tuple[int, bytes]] = {
+            c: (int(k), bytes.fromhex(s)) for c, (k, s) in manifest["namespaces"].items()
+        }
+
+
+class WorkerTransport:
+    """Stub transport inside a worker: local delivery or a `Call` via the supervisor."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+
+    async def fetch(self, target: Target, request: Request) -> Response:
+        w = self.worker
+        if w.owns(target):
+            return await w.object_fetch(target, request, None)
+        reply = await w.call(Call(0, target, "fetch", request=request_to_wire(request)))
+        assert reply.response is not None
+        return response_from_wire(reply.response)
+
+    async def rpc(self, target: Target, method: str, args: bytes) -> Any:
+        w = self.worker
+        if w.owns(target):
+            return _codec.decode(await w.object_rpc(target, method, args, None))
+        reply = await w.call(Call(0, target, "rpc", method=method, args=args))
+        return _codec.decode(reply.value)
+
+
+class Worker:
+    def __init__(self, index: int, conn: FramedConnection) -> None:
+        self.index = index
+        self.conn = conn
+        self.settings: dict[str, Any] = {}
+        self.debug = False
+        self.data_dir = Path(".")
+        self.nursery: trio.Nursery = None  # type: ignore[assignment]
+        self.deployment: Deployment | None = None
+        self.env: Env | None = None
+        # Live objects of this worker: (class name, id) -> host.
+        self.catalog: dict[tuple[str, str], ObjectHost] = {}
+        self.shard_count = 256
+        # owners[shard] = worker index owning it.
+        self.owners: list[int] = []
+        self._next_call = 0
+        # Outgoing Calls awaiting a CallReply: request_id -> [event, reply].
+        self._calls: dict[int, list[Any]] = {}
+        # Supervisor requests being served: request_id -> cancel scope.
+        self._serving: dict[int, trio.CancelScope] = {}
+        # Armed crash points: (point, class, id) -> remaining count (or probability < 1).
+        self.faults: dict[tuple[str, str, str], float] = {}
+        self.transport = WorkerTransport(self)
+        self.alarms = AlarmStore(self)
+        self.sockets = SocketRegistry(self)
+        self.pitr = Pitr(self)
+        self.stopping = False
+
+    # ------------------------------------------------------------------ util
+
+    def log(self, message: str) -> None:
+        print(f"[worker {self.index} pid {os.getpid()}] {message}", file=sys.stderr, flush=True)
+
+    def owns(self, target: Target) -> bool:
+        shard = shard_of(target.id, self.shard_count)
+        return bool(self.owners) and self.owners[shard] == self.index
+
+    def notify_committed(self, request_id: int) -> None:
+        self.conn.send(Committed(request_id))
+
+    def fault_point(self, point: str, host: ObjectHost) -> None:
+        if not self.faults:
+            return
+        key = (point, host.target.class_name, host.target.id)
+        n = self.faults.get(key)
+        if n is None:
+            return
+        if n >= 1:
+            if n <= 1:
+                del self.faults[key]
+            else:
+                self.faults[key] = n - 1
+        else:
+            import random
+
+            if random.random() >= n:
+                return
+        self.log(f"fault injection: crashing at {point} for {host.target.id[:12]}")
+        sys.stderr.flush()
+        os._exit(70)
+
+    def has_alarm(self, host: ObjectHost) -> bool:
+        return self.alarms.get(host) is not None
+
+    # ------------------------------------------------------------------ deployments
+
+    def activate(self, dep: Deployment) -> None:
+        values: dict[str, Any] = dict(dep.manifest.get("vars", {}))
+        for binding, class_name in dep.manifest["bindings"].items():
+            key_secret = dep.namespaces.get(class_name)
+            factory = IdFactory(key_secret[1]) if key_secret else None
+            values[binding] = DurableObjectNamespace(binding, class_name, factory, self.transport)
+        self.deployment = dep
+        self.env = Env(values)
+        # Objects re-create on the new code at their next event; idle ones go now.
+        for key, host in list(self.catalog.items()):
+            if host.is_idle():
+                self.evict(host)
+            else:
+                host.stale = True  # type: ignore[attr-defined]
+
+    def object_path(self, target: Target) -> Path:
+        dep = self.deployment
+        assert dep is not None
+        ns_key = dep.namespaces[target.class_name][0]
+        return self.data_dir / "objects" / str(ns_key) / f"{target.id}.sqlite"
+
+    # ------------------------------------------------------------------ objects
+
+    def host_for(self, target: Target) -> ObjectHost:
+        key = (target.class_name, target.id)
+        host = self.catalog.get(key)
+        if host is not None:
+            if target.name is not None and host.target.name is None:
+                host.target = target
+            return host
+        dep = self.deployment
+        if dep is None or target.class_name not in dep.classes or target.class_name not in dep.namespaces:
+            raise BindingNotFoundError(f"no class {target.class_name!r} in the current deployment")
+        if not self.owns(target):
+            raise DurableObjectError(
+                "this worker does not own the object's shard", retryable=True
+            )
+        db = Database(
+            self.object_path(target), self.settings.get("durability", "full"), lambda: None
+        )
+        host = ObjectHost(self, target, dep.classes[target.class_name], db)
+        self.catalog[key] = host
+        return host
+
+    def construct(self, host: ObjectHost) -> None:
+        dep = self.deployment
+        assert dep is not None
+        cls = dep.classes.get(host.target.class_name)
+        if cls is None:
+            raise BindingNotFoundError(f"class {host.target.class_name!r} is no longer deployed")
+        host.cls = cls
+        self.pitr.before_open(host)
+        ctx = ObjectState(host, DurableObjectId(host.target.id, host.target.name))
+        host.ctx = ctx
+        host.instance = cls(ctx, self.env)
+        host.state = HostState.ACTIVE
+        self.sockets.on_construct(host)
+
+    async def deliver(self, target: Target, fn: Any, request_id: int | None) -> Any:
+        host = self.host_for(target)
+        event = Event(fn, request_id)
+        host.submit(event)
+        await event.done.wait()
+        if event.error is not None:
+            raise event.error
+        return event.result
+
+    async def object_fetch(self, target: Target, request: Request, request_id: int | None) -> Response:
+        debug = self.debug
+
+        async def fn(instance: Any) -> Response:
+            handler = getattr(instance, "fetch", None)
+            if handler is None:
+                return Response("object has no fetch handler", status=501)
+            try:
+                response = await handler(request)
+            except DurableObjectError:
+                raise
+            except Exception as exc:
+                return error_response(exc, debug)
+            if not isinstance(response, Response):
+                return error_response(
+                    TypeError(f"fetch must return a Response, not {type(response).__name__}"),
+                    debug,
+                )
+            return response
+
+        return await self.deliver(target, fn, request_id)
+
+    async def object_rpc(self, target: Target, method: str, args: bytes, request_id: int | None) -> bytes:
+        call_args, call_kwargs = _codec.decode(args)
+
+        async def fn(instance: Any) -> bytes:
+            if not is_rpc_callable(type(instance), method):
+                raise TypeError(
+                    f"{type(instance).__name__} has no RPC method {method!r}"
+                    " (public async methods only; handlers and _names are not callable)"
+                )
+            result = await getattr(instance, method)(*call_args, **call_kwargs)
+            return _codec.encode(result)
+
+        return await self.deliver(target, fn, request_id)
+
+    def evict(self, host: ObjectHost) -> None:
+        key = (host.target.class_name, host.target.id)
+        if self.catalog.get(key) is host:
+            del self.catalog[key]
+        host.close()
+
+    async def serve_evictions(self) -> None:
+        evict_after = float(self.settings.get("evict_after", 60))
+        hibernate_after = float(self.settings.get("hibernate_after", 10))
+        while True:
+            await trio.sleep(min(1.0, max(0.05, min(evict_after, hibernate_after) / 4)))
+            for host in list(self.catalog.values()):
+                idle = host.idle_for()
+                if not idle:
+                    continue
+                limit = hibernate_after if self.sockets.count(host) else evict_after
+                if getattr(host, "stale", False) or idle >= limit:
+                    self.evict(host)
+
+    async def serve_stats(self) -> None:
+        while True:
+            await trio.sleep(1.0)
+            active = sum(1 for h in self.catalog.values() if h.instance is not None)
+            self.conn.send(Stats(objects_active=active))
+
+    # ------------------------------------------------------------------ calls out
+
+    async def call(self, msg: Call) -> Any:
+        self._next_call += 1
+        rid = self._next_call
+        slot: list[Any] = [trio.Event(), None]
+        self._calls[rid] = slot
+        try:
+            self.conn.send(Call(rid, msg.target, msg.kind, msg.request, msg.method, msg.args))
+            await slot[0].wait()
+        finally:
+            self._calls.pop(rid, None)
+        reply: CallReply = slot[1]
+        if not reply.ok:
+            raise error_from_fields(reply.error or {})
+        return reply
+
+    # ------------------------------------------------------------------ requests in
+
+    def on_message(self, msg: Any) -> None:
+        if isinstance(msg, CallReply):
+            slot = self._calls.get(msg.request_id)
+            if slot is not None:
+                slot[1] = msg
+                slot[0].set()
+        elif isinstance(msg, (Fetch, Rpc, Admin, LoadDeployment)):
+            self.nursery.start_soon(self._serve_request, msg)
+        elif isinstance(msg, Cancel):
+            scope = self._serving.get(msg.request_id)
+            if scope is not None:
+                scope.cancel()
+        elif isinstance(msg, AssignShards):
+            self.owners = list(msg.owners)
+        elif isinstance(msg, Shutdown):
+            self.stopping = True
+            self.nursery.start_soon(self._shutdown, msg.grace)
+        else:
+            self.sockets.on_message(msg)
+
+    async def _shutdown(self, grace: float) -> None:
+        with trio.move_on_after(grace):
+            while any(h.inflight or h.queue for h in self.catalog.values()):
+                await trio.sleep(0.02)
+        for host in list(self.catalog.values()):
+            if not host.inflight:
+                try:
+                    host.commit()
+                except Exception:  # noqa: BLE001
+                    pass
+            self.evict(host)
+        os._exit(0)
+
+    async def _serve_request(self, msg: Any) -> None:
+        rid = msg.request_id
+        with trio.CancelScope() as scope:
+            self._serving[rid] = scope
+            try:
+                reply = await self._answer(msg)
+            except BaseException as exc:
+                if isinstance(exc, trio.Cancelled):
+                    raise
+                reply = Reply(rid, False, error=error_to_fields(exc))
+            finally:
+                self._serving.pop(rid, None)
+            target = getattr(msg, "target", None)
+            if target is not None and not isinstance(msg, Admin):
+                host = self.catalog.get((target.class_name, target.id))
+                if host is not None:
+                    self.fault_point("before_reply", host)
+            self.conn.send(reply)
+
+    async def _answer(self, msg: Any) -> Reply:
+        rid = msg.request_id
+        if isinstance(msg, Fetch):
+            request = request_from_wire(msg.request)
+            if msg.target is None:
+                response = await self.run_default(request)
+            else:
+                response = await self.object_fetch(msg.target, request, rid)
+            return Reply(rid, True, response=response_to_wire(response))
+        if isinstance(msg, Rpc):
+            value = await self.object_rpc(msg.target, msg.method, msg.args, rid)
+            return Reply(rid, True, value=value)
+        if isinstance(msg, LoadDeployment):
+            dep = Deployment(msg.version, msg.bundle, msg.manifest)
+            if not msg.validate_only:
+                self.activate(dep)
+            return Reply(rid, True)
+        if isinstance(msg, Admin):
+            from .admin import run_admin
+
+            value = await run_admin(self, msg)
+            return Reply(rid, True, value=value)
+        raise TypeError(f"unexpected request {type(msg).__name__}")
+
+    async def run_default(self, request: Request) -> Response:
+        dep = self.deployment
+        if dep is None or dep.default is None:
+            return Response(
+                "no Default entrypoint is deployed: add `class Default(WorkerEntrypoint)` to"
+                " your main module, or reach objects through the SDK client",
+                status=404,
+            )
+        entry = dep.default(EntrypointContext(self), self.env)
+        try:
+            response = await entry.fetch(request)
+        except Exception as exc:
+            return error_response(exc, self.debug)
+        if not isinstance(response, Response):
+            return error_response(
+                TypeError(f"fetch must return a Response, not {type(response).__name__}"),
+                self.debug,
+            )
+        return response
+
+
+async def run_worker(fd: int, index: int) -> None:
+    import socket as _socket
+
+    sock = trio.socket.from_stdlib_socket(_socket.socket(fileno=fd))
+    stream = trio.SocketStream(sock)
+    conn = FramedConnection(stream)
+    worker = Worker(index, conn)
+    welcome: list[Welcome] = []
+    got_welcome = trio.Event()
+
+    def first(msg: Any) -> None:
+        if not welcome:
+            if not isinstance(msg, Welcome) or msg.version != PROTOCOL_VERSION:
+                worker.log("bad handshake from supervisor; exiting")
+                os._exit(2)
+            welcome.append(msg)
+            got_welcome.set()
+            return
+        worker.on_message(msg)
+
+    async with trio.open_nursery() as nursery:
+        worker.nursery = nursery
+        nursery.start_soon(conn.serve_writer)
+        conn.send(Hello(PROTOCOL_VERSION, os.getpid(), index))
+
+        async def reader() -> None:
+            await conn.serve_reader(first)
+            # Supervisor gone: leave at once (orphans never linger).
+            os._exit(0)
+
+        nursery.start_soon(reader)
+        await got_welcome.wait()
+        w = welcome[0]
+        worker.settings = w.settings
+        worker.debug = bool(w.settings.get("debug"))
+        worker.data_dir = Path(w.settings["data_dir"])
+        worker.shard_count = w.shard_count
+        nursery.start_soon(worker.serve_evictions)
+        nursery.start_soon(worker.serve_stats)
+        worker.sockets.start()
+        worker.log(f"ready at {time.strftime('%H:%M:%S')}")
+
+
+__all__ = ["run_worker", "Worker", "WorkerCrashedError"]

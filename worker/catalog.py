@@ -43,6 +43,24 @@ from stateroom._protocol import Target
 from .storage import Database
 
 
+class Counters:
+    """Usage meters of one object since they were last reported (billing reads these).
+
+    requests: fetch + RPC + alarm events; ws_messages_in: socket messages delivered;
+    cpu_ms: thread CPU time spent in events; rows_read / rows_written: from SQL
+    cursors and KV calls.
+    """
+
+    __slots__ = ("requests", "ws_messages_in", "cpu_ms", "rows_read", "rows_written")
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.ws_messages_in = 0
+        self.cpu_ms = 0.0
+        self.rows_read = 0
+        self.rows_written = 0
+
+
 class HostState(enum.Enum):
     LOADING = "loading"
     ACTIVE = "active"
@@ -109,6 +127,8 @@ class ObjectHost:
         # Pending ctx.wait_until tasks.
         self.waiting = 0
         self.last_used = trio.current_time()
+        # Usage since the last report to the supervisor (see meters).
+        self.counters = Counters()
 
     # ------------------------------------------------------------- events
 

@@ -44,9 +44,11 @@ def _import_main(folder: Path, main: str) -> types.ModuleType:
         sys.modules[name] = module
         try:
             spec.loader.exec_module(module)
-        except BaseException:
+        except Exception as exc:
             sys.modules.pop(name, None)
-            raise
+            raise ConfigError(
+                f"cannot import {path.name}: {type(exc).__name__}: {exc}"
+            ) from exc
         return module
     finally:
         if added:

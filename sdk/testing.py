@@ -85,10 +85,11 @@ class Runtime:
             *_flag_args(options),
         ]
         self.process = await trio.lowlevel.open_process(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL
         )
         ready = trio.Event()
-        nursery.start_soon(self._pump, self.process, ready)
+        nursery.start_soon(self._pump, self.process.stdout, ready)
+        nursery.start_soon(self._pump, self.process.stderr, None)
         with trio.fail_after(60):
             await ready.wait()
         if not self.url:
@@ -96,11 +97,11 @@ class Runtime:
         self._client_cm = connect(self.url, self.token)
         self.client = await self._client_cm.__aenter__()
 
-    async def _pump(self, process: trio.Process, ready: trio.Event) -> None:
-        assert process.stdout is not None
+    async def _pump(self, pipe: Any, ready: trio.Event | None) -> None:
+        """Collect one output pipe; on stdout, spot the listening line."""
         buf = b""
         try:
-            async for chunk in process.stdout:
+            async for chunk in pipe:
                 buf += chunk
                 while b"\n" in buf:
                     line, buf = buf.split(b"\n", 1)
@@ -108,14 +109,15 @@ class Runtime:
                     self.output.append(text)
                     if len(self.output) > 5000:
                         del self.output[:1000]
-                    if text.startswith("stateroom listening on "):
+                    if ready is not None and text.startswith("stateroom listening on "):
                         self.url = text.split(" on ", 1)[1].strip()
                         self.port = int(self.url.rsplit(":", 1)[1])
                         ready.set()
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             pass
         finally:
-            ready.set()
+            if ready is not None:
+                ready.set()
 
     async def stop(self, *, kill: bool = False) -> int | None:
         """Stop the supervisor (SIGTERM, or SIGKILL with `kill=True`); returns its exit code."""

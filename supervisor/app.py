@@ -438,7 +438,9 @@ class Supervisor:
             self.port = port
             nursery.start_soon(trio.serve_listeners, self.http.serve_connection, listeners)
             nursery.start_soon(self._watch_signals, nursery)
-            print(f"stateroom listening on http://{self.settings.host}:{port}", flush=True)
+            # One write(2) so the line never interleaves with workers' output.
+            sys.stdout.flush()
+            os.write(1, f"stateroom listening on http://{self.settings.host}:{port}\n".encode())
             task_status.started(port)
 
     async def _watch_signals(self, nursery: trio.Nursery) -> None:

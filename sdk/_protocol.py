@@ -192,6 +192,38 @@ class Stats(_Msg):
     meters: list[list[Any]] = []
 
 
+# ----------------------------------------------------------------- alarms
+
+
+class AlarmSet(_Msg):
+    """Worker -> supervisor: the object's committed alarm (epoch ms), or None: none.
+
+    Sent through the object's output gate, so only once the write is durable; the
+    supervisor's alarm index is a hint the worker re-checks at firing time.
+    """
+
+    ns_key: int
+    target: Target
+    time: int | None = None
+
+
+class RunAlarm(_Msg):
+    """Supervisor -> worker: run the object's alarm handler if its alarm is due.
+
+    `scheduled` is the alarm time the index holds and `retry_count` the attempt
+    number for it; `force` runs a stored alarm now (testing kit); `expire` drops
+    the stored alarm without running it (retries exhausted). Answered by `Reply`
+    whose value is a codec-encoded dict (see `stateroom.worker.alarms`).
+    """
+
+    request_id: int
+    target: Target
+    scheduled: int
+    retry_count: int = 0
+    force: bool = False
+    expire: bool = False
+
+
 Message = (
     Hello
     | Welcome
@@ -207,6 +239,8 @@ Message = (
     | Call
     | Committed
     | Stats
+    | AlarmSet
+    | RunAlarm
 )
 
 _encoder = msgspec.msgpack.Encoder()

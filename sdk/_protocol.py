@@ -224,6 +224,16 @@ class RunAlarm(_Msg):
     expire: bool = False
 
 
+
+# ----------------------------------------------------------------- meters
+
+
+class FlushMeters(_Msg):
+    """Supervisor -> worker: send a `Stats` with every meter counted so far, then
+    `Reply` (the Stats frame precedes the Reply on the connection)."""
+
+    request_id: int
+
 Message = (
     Hello
     | Welcome
@@ -241,6 +251,7 @@ Message = (
     | Stats
     | AlarmSet
     | RunAlarm
+    | FlushMeters
 )
 
 _encoder = msgspec.msgpack.Encoder()

@@ -24,7 +24,6 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
-import psutil
 import trio
 
 from stateroom import _codec
@@ -49,6 +48,7 @@ from stateroom._protocol import (
 
 from . import deployments as deps
 from .front import HttpServer
+from .processes import ProcessSampler
 from .runtime_db import RuntimeDB
 from .settings import Settings
 from .workers import WorkerPool, WorkerProc
@@ -130,7 +130,10 @@ class Supervisor:
         self.deploy_lock = trio.Lock()
         self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
         self.nursery: trio.Nursery | None = None
-        self.psutil_proc = psutil.Process()
+        # CPU/memory of the supervisor and its workers (see processes.py).
+        self.sampler = ProcessSampler(
+            lambda: [os.getpid(), *(w.pid for w in self.pool.workers if w.pid is not None)]
+        )
         self.extensions: list[Any] = []
         latest = self.db.latest_deployment()
         if latest is not None:
@@ -367,15 +370,17 @@ class Supervisor:
     # ------------------------------------------------------------------ processes
 
     def processes(self) -> list[dict[str, Any]]:
+        """SPEC §12 figures of the supervisor and every worker (units: %, s, bytes)."""
         now = time.time()
+        me = self.sampler.sample(os.getpid())
         out = [
             {
                 "pid": os.getpid(),
                 "role": "supervisor",
                 "shards": [],
-                "cpu_percent": self._cpu_percent(self.psutil_proc),
-                "cpu_seconds": _cpu_seconds(self.psutil_proc),
-                "rss_bytes": _rss(self.psutil_proc),
+                "cpu_percent": me.cpu_percent,
+                "cpu_seconds": me.cpu_seconds,
+                "rss_bytes": me.rss_bytes,
                 "objects_active": 0,
                 "sockets_parked": self.sockets_parked(),
                 "restarts": 0,
@@ -383,7 +388,7 @@ class Supervisor:
             }
         ]
         for w in self.pool.workers:
-            proc = _proc(w.pid)
+            s = self.sampler.sample(w.pid)
             out.append(
                 {
                     "pid": w.pid,
@@ -391,9 +396,9 @@ class Supervisor:
                     "index": w.index,
                     "state": w.state.value,
                     "shards": self.pool.shards_of(w.index),
-                    "cpu_percent": self._cpu_percent(proc),
-                    "cpu_seconds": _cpu_seconds(proc),
-                    "rss_bytes": _rss(proc),
+                    "cpu_percent": s.cpu_percent,
+                    "cpu_seconds": s.cpu_seconds,
+                    "rss_bytes": s.rss_bytes,
                     "objects_active": w.objects_active,
                     "sockets_parked": self.sockets_parked(w.index),
                     "restarts": w.restarts,
@@ -401,20 +406,6 @@ class Supervisor:
                 }
             )
         return out
-
-    _cpu_cache: dict[int, Any] = {}
-
-    def _cpu_percent(self, proc: psutil.Process | None) -> float:
-        if proc is None:
-            return 0.0
-        try:
-            cached = self._cpu_cache.get(proc.pid)
-            if cached is None or cached.create_time() != proc.create_time():
-                self._cpu_cache[proc.pid] = proc
-                cached = proc
-            return float(cached.cpu_percent(interval=None))
-        except psutil.Error:
-            return 0.0
 
     def sockets_parked(self, worker_index: int | None = None) -> int:
         for ext in self.extensions:
@@ -429,6 +420,7 @@ class Supervisor:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             await nursery.start(self.pool.serve)
+            await nursery.start(self.sampler.serve)
             for ext in self.extensions:
                 start = getattr(ext, "serve", None)
                 if start is not None:
@@ -458,34 +450,6 @@ class Supervisor:
                         print(f"stateroom: shutdown hook failed: {exc!r}", file=sys.stderr)
             await self.pool.stop(self.settings.shutdown_grace)
         nursery.cancel_scope.cancel()
-
-
-def _proc(pid: int | None) -> psutil.Process | None:
-    if pid is None:
-        return None
-    try:
-        return psutil.Process(pid)
-    except psutil.Error:
-        return None
-
-
-def _cpu_seconds(proc: psutil.Process | None) -> float:
-    if proc is None:
-        return 0.0
-    try:
-        t = proc.cpu_times()
-        return round(t.user + t.system, 3)
-    except psutil.Error:
-        return 0.0
-
-
-def _rss(proc: psutil.Process | None) -> int:
-    if proc is None:
-        return 0
-    try:
-        return int(proc.memory_info().rss)
-    except psutil.Error:
-        return 0
 
 
 def split_key(key: str) -> tuple[str | None, str | None]:

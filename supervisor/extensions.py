@@ -2,7 +2,9 @@
 
 Each extension may define: `serve(task_status)`, `stop()`, `route(request, parts,
 query)`, `public_route(request, path)`, `on_worker_message(worker, msg) -> bool`,
-`on_deploy(dep, plan)`, `on_object_deleted(ns_key, id)`, `sockets_parked(index)`.
+`on_deploy(dep, plan)`, `on_object_deleted(ns_key, id)`, `sockets_parked(index)`,
+`object_route(request, target, ns_key, rest, query)` (routes under
+`/_stateroom/v1/objects/{binding}/{id}/...`; `rest` is what follows the id).
 """
 
 from __future__ import annotations
@@ -11,4 +13,16 @@ from typing import Any
 
 
 def install_extensions(sup: Any) -> None:
-    pass
+    from .alarms import AlarmScheduler
+    from .dashboard import Dashboard
+    from .meters import Meters, load_prices
+
+    try:
+        prices = load_prices(sup.settings.prices)
+    except ValueError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    sup.meters = Meters(sup, prices)
+    sup.extensions.append(sup.meters)
+    sup.extensions.append(Dashboard(sup))
+    sup.alarms = AlarmScheduler(sup)
+    sup.extensions.append(sup.alarms)

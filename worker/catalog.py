@@ -40,6 +40,7 @@ import trio
 from stateroom._errors import DurableObjectError, ObjectResetError, OverloadedError
 from stateroom._protocol import Target
 
+from .meters import CURRENT_HOST
 from .storage import Database
 
 
@@ -146,6 +147,8 @@ class ObjectHost:
             self.worker.nursery.start_soon(self._run_queue)
 
     async def _run_queue(self) -> None:
+        # CPU of this task and of every task it starts (events, flushes) is this object's.
+        CURRENT_HOST.set(self)
         try:
             while self.queue:
                 async with self.gate:

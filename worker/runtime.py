@@ -45,6 +45,7 @@ from stateroom._protocol import (
     Cancel,
     Committed,
     Fetch,
+    FlushMeters,
     Hello,
     LoadDeployment,
     Reply,
@@ -61,6 +62,7 @@ from stateroom._wire import request_from_wire, request_to_wire, response_from_wi
 from .alarms import AlarmStore
 from .catalog import Event, HostState, ObjectHost
 from .context import EntrypointContext, Env, ObjectState
+from .meters import WorkerMeters
 from .pitr import Pitr
 from .sockets import SocketRegistry
 from .storage import Database
@@ -159,6 +161,7 @@ class Worker:
         self.alarms = AlarmStore(self)
         self.sockets = SocketRegistry(self)
         self.pitr = Pitr(self)
+        self.meters = WorkerMeters(self)
         self.stopping = False
 
     # ------------------------------------------------------------------ util
@@ -255,6 +258,7 @@ class Worker:
         host.ctx = ctx
         host.instance = cls(ctx, self.env)
         host.state = HostState.ACTIVE
+        self.meters.activated(host)
         self.sockets.on_construct(host)
 
     async def deliver(self, target: Target, fn: Any, request_id: int | None) -> Any:
@@ -286,6 +290,7 @@ class Worker:
                 )
             return response
 
+        self.meters.count_request(self.host_for(target))
         return await self.deliver(target, fn, request_id)
 
     async def object_rpc(self, target: Target, method: str, args: bytes, request_id: int | None) -> bytes:
@@ -300,6 +305,7 @@ class Worker:
             result = await getattr(instance, method)(*call_args, **call_kwargs)
             return _codec.encode(result)
 
+        self.meters.count_request(self.host_for(target))
         return await self.deliver(target, fn, request_id)
 
     def evict(self, host: ObjectHost) -> None:
@@ -307,6 +313,7 @@ class Worker:
         if self.catalog.get(key) is host:
             del self.catalog[key]
         host.close()
+        self.meters.deactivated(host)
 
     async def serve_evictions(self) -> None:
         evict_after = float(self.settings.get("evict_after", 60))
@@ -321,11 +328,15 @@ class Worker:
                 if getattr(host, "stale", False) or idle >= limit:
                     self.evict(host)
 
+    def send_stats(self) -> None:
+        """Report gauges and the meters counted since the last report (see meters.py)."""
+        active = sum(1 for h in self.catalog.values() if h.instance is not None)
+        self.conn.send(Stats(objects_active=active, meters=self.meters.take()))
+
     async def serve_stats(self) -> None:
         while True:
             await trio.sleep(1.0)
-            active = sum(1 for h in self.catalog.values() if h.instance is not None)
-            self.conn.send(Stats(objects_active=active))
+            self.send_stats()
 
     # ------------------------------------------------------------------ calls out
 
@@ -360,6 +371,9 @@ class Worker:
                 scope.cancel()
         elif isinstance(msg, AssignShards):
             self.owners = list(msg.owners)
+        elif isinstance(msg, FlushMeters):
+            self.send_stats()
+            self.conn.send(Reply(msg.request_id, True))
         elif isinstance(msg, Shutdown):
             self.stopping = True
             self.nursery.start_soon(self._shutdown, msg.grace)
@@ -481,6 +495,7 @@ async def run_worker(fd: int, index: int) -> None:
         worker.data_dir = Path(w.settings["data_dir"])
         worker.shard_count = w.shard_count
         nursery.start_soon(worker.serve_evictions)
+        worker.meters.start()
         nursery.start_soon(worker.serve_stats)
         worker.sockets.start()
         worker.log(f"ready at {time.strftime('%H:%M:%S')}")

@@ -33,17 +33,19 @@ def _import_main(folder: Path, main: str) -> types.ModuleType:
         sys.path.insert(0, str(folder))
         added = True
     try:
-        before = set(sys.modules)
-        if name in sys.modules and getattr(sys.modules[name], "__file__", None) == str(path):
-            # Re-import so edits are picked up (dev mode and repeated deploys).
-            for mod in [m for m in before if _module_in(sys.modules[m], folder)]:
-                del sys.modules[mod]
+        # Re-import the app's own modules so edits are picked up (dev mode, repeated
+        # deploys), even after an import that failed half-way.
+        for mod in [m for m, v in list(sys.modules.items()) if _module_in(v, folder)]:
+            del sys.modules[mod]
         spec = importlib.util.spec_from_file_location(name, path)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         try:
-            spec.loader.exec_module(module)
+            # Compiled from the source, never from a cached .pyc: an edit within the
+            # same second that keeps the file size would otherwise go unseen.
+            code = compile(path.read_bytes(), str(path), "exec")
+            exec(code, module.__dict__)
         except Exception as exc:
             sys.modules.pop(name, None)
             raise ConfigError(

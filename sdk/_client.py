@@ -198,8 +198,13 @@ class Client:
         return (await self._json("GET", "/_stateroom/v1/deployments"))["deployments"]
 
     async def rollback(self, version: int | None = None) -> dict[str, Any]:
+        """Redeploy the code of `version` (default: the one before the current) as a
+        new deployment. Raises `DeployError` naming the reason if that is refused."""
         body = {} if version is None else {"version": version}
-        result = await self._json("POST", "/_stateroom/v1/rollback", json=body)
+        r = await self._request("POST", "/_stateroom/v1/rollback", json=body)
+        if r.status_code != 200:
+            raise DeployError(r.text.strip())
+        result = r.json()
         await self.refresh()
         return result
 

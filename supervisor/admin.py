@@ -273,8 +273,12 @@ async def rollback(sup: Supervisor, request: HttpRequest) -> dict[str, Any]:
     version = body.get("version")
     if version is None:
         version = sup.current["version"] - 1
-    dep = sup.db.deployment(int(version))
-    if dep is None or int(version) < 1:
+        if version < 1:
+            raise HttpError(404, "no deployment before version 1 to roll back to")
+    if isinstance(version, bool) or not isinstance(version, int):
+        raise HttpError(400, f"version must be a deployment number, not {version!r}")
+    dep = sup.db.deployment(version)
+    if dep is None:
         raise HttpError(404, f"no deployment {version}")
     from .deployments import read_bundle
 
@@ -286,6 +290,12 @@ async def rollback(sup: Supervisor, request: HttpRequest) -> dict[str, Any]:
         "python": dep["python"],
         "bundle": bundle,
     }
-    result = await sup.deploy(payload, note=f"rollback to {dep['version']}")
+    from .deployments import DeployRefused
+
+    try:
+        result = await sup.deploy(payload, note=f"rollback to {dep['version']}")
+    except DeployRefused as exc:
+        # E.g. a later migration renamed or deleted a class the old code binds.
+        raise DeployRefused(f"cannot roll back to version {dep['version']}: {exc}") from None
     result["rolled_back_to"] = dep["version"]
     return result

@@ -30,6 +30,7 @@ from stateroom import _codec
 from stateroom._errors import (
     BindingNotFoundError,
     DurableObjectError,
+    WorkerCrashedError,
     error_to_fields,
 )
 from stateroom._ids import IdFactory, is_id_string
@@ -166,39 +167,32 @@ class Supervisor:
             print(f"stateroom: worker {w.index} could not load deployment {dep['version']}: {err}", file=sys.stderr, flush=True)
 
     async def deploy(self, payload: Any, *, dry_run: bool = False, note: str = "") -> dict[str, Any]:
+        """Validate, record and activate a deployment (see `deployments.py` for the steps).
+
+        Raises `DeployRefused` (HTTP 400) with nothing changed when the request,
+        its migrations or its code are refused.
+        """
         async with self.deploy_lock:
             config, meta, bundle = deps.validate_request(payload)
             plan = deps.plan_migrations(self.db, self.data_dir, config, meta["classes"])
-            if dry_run:
-                return {"dry_run": True, "plan": plan, "bindings": config["bindings"]}
-            manifest = {
-                "bindings": config["bindings"],
-                "vars": config["vars"],
-                "namespaces": deps.tentative_namespaces(self.db, plan),
-                "classes": meta["classes"],
-                "has_default": meta["has_default"],
-            }
             version = self.db.next_version()
-            reply = await self.pool.request(
-                self.pool.workers[0],
-                lambda rid: LoadDeployment(rid, version, bundle, manifest, validate_only=True),
-                wait_ready=30,
+            await self._validate_code(version, bundle, config, meta, plan)
+            if dry_run:
+                return {"dry_run": True, "version": version, "plan": plan, "bindings": config["bindings"]}
+            doomed = deps.commit_deployment(
+                self.db, self.data_dir, version, bundle, plan, config, meta, note
             )
-            if not reply.ok:
-                raise deps.DeployRefused((reply.error or {}).get("message", "deployment failed"))
-            sha = deps.write_bundle(self.data_dir, version, bundle)
-            with self.db.transaction():
-                doomed = deps.apply_plan(self.db, self.data_dir, plan, version)
-                manifest = deps.manifest_for(self.db, config, meta)
-                self.db.insert_deployment(version, config, manifest, deps.PYTHON_TAG, sha, note)
-            deps.remove_folders(doomed)
             dep = self.db.deployment(version)
             assert dep is not None
-            self._set_current(dep)
-            self._named.clear()
+            # Workers switch first (renamed classes answer to both names meanwhile),
+            # then requests route by the new bindings; deleted classes' files go last,
+            # once no worker holds them open.
             results = await self.pool.broadcast(
                 lambda rid: LoadDeployment(rid, version, bundle, dep["manifest"])
             )
+            self._set_current(dep)
+            self._named.clear()
+            deps.remove_folders(doomed)
             failed = [r for r in results if isinstance(r, BaseException) or not r.ok]
             for ext in self.extensions:
                 hook = getattr(ext, "on_deploy", None)
@@ -210,6 +204,28 @@ class Supervisor:
                 "plan": plan,
                 "workers_failed": len(failed),
             }
+
+    async def _validate_code(
+        self, version: int, bundle: bytes, config: dict, meta: dict, plan: dict
+    ) -> None:
+        """Have worker 0 unpickle the bundle without activating it; refuse on any error."""
+        manifest = {
+            "bindings": config["bindings"],
+            "vars": config["vars"],
+            "namespaces": deps.tentative_namespaces(self.db, plan),
+            "classes": meta["classes"],
+            "has_default": meta["has_default"],
+        }
+        try:
+            reply = await self.pool.request(
+                self.pool.workers[0],
+                lambda rid: LoadDeployment(rid, version, bundle, manifest, validate_only=True),
+                wait_ready=30,
+            )
+        except WorkerCrashedError as exc:
+            raise deps.DeployRefused(f"the worker crashed while loading the code: {exc}") from None
+        if not reply.ok:
+            raise deps.DeployRefused((reply.error or {}).get("message", "deployment failed"))
 
     # ------------------------------------------------------------------ routing objects
 

@@ -11,9 +11,22 @@ never unpickles it). Steps:
    class no migration created, or a class that still has data or a binding is
    dropped without `deleted_classes`/`renamed_classes`.
 3. Ask one worker to unpickle the bundle (`validate_only`): an import or unpickle
-   error becomes a 400 with the exception text and nothing changes.
-4. Write the bundle file (fsynced), then apply the plan and record the deployment in
-   one runtime-database transaction; then activate it in every worker.
+   error becomes a 400 with the exception text and nothing changes. A dry run
+   stops here.
+4. `commit_deployment`: write the bundle file (fsynced), then apply the plan and
+   record the deployment in one runtime-database transaction.
+5. Activate it in every worker (`worker/redeploy.py`: objects finish in-flight
+   events on the old code and meet the new code at their next event), switch the
+   supervisor's routing to the new bindings, and only then remove the files of
+   deleted classes.
+
+Invariants:
+  * A refused deploy leaves nothing behind: no runtime-database row, no bundle file.
+  * Renames keep the namespace key and secret, so ids and object files stay.
+  * A deleted class's namespace is never reused: a later class of the same name gets
+    a new key and secret, and starts empty.
+  * Deployments are numbered 1, 2, ...; a rollback is a new deployment carrying an
+    earlier bundle.
 """
 
 from __future__ import annotations
@@ -44,41 +57,73 @@ def class_has_data(data_dir: Path, ns_key: int) -> bool:
 
 
 def plan_migrations(
-    db: RuntimeDB, data_dir: Path, config: dict[str, Any], module_classes: list[str]
+    db: RuntimeDB,
+    data_dir: Path,
+    config: dict[str, Any],
+    module_classes: list[str],
 ) -> dict[str, Any]:
     """Work out what a deploy would do, without changing anything.
 
-    Returns {"apply": [tags], "create": [classes], "rename": [(from, to)],
+    Args:
+        config: the normalized config of the new deployment.
+        module_classes: the DurableObject classes defined in its module.
+
+    Returns {"apply": [tags], "steps": [[op, ...]] in migration order ("create", c) /
+    ("rename", a, b) / ("delete", c), "create": [classes], "rename": [[from, to]],
     "delete": [classes], "live": [classes after the deploy]}.
+
+    Raises:
+        DeployRefused: naming the class, when a migration does not fit the classes
+        that exist, a binding points at a class no migration created (or one this
+        deploy deletes) or one missing from the module, or a class that still has
+        data is dropped from the module without a `deleted_classes` or
+        `renamed_classes` migration. (A class without data and without a binding
+        in the new config may simply disappear from the module; it stays known and
+        can come back later.)
     """
     live = dict(db.namespaces())  # class -> (key, secret)
     applied = db.applied_tags()
-    plan: dict[str, Any] = {"apply": [], "create": [], "rename": [], "delete": []}
-    state = {c: "existing" for c in live}
+    plan: dict[str, Any] = {"apply": [], "steps": [], "create": [], "rename": [], "delete": []}
+    # class -> the live class it continues (itself, the class renamed into it) or None if new.
+    state: dict[str, str | None] = {c: c for c in live}
+    deleted_by: dict[str, str] = {}
     for m in config["migrations"]:
         if m["tag"] in applied:
             continue
-        plan["apply"].append(m["tag"])
+        tag = m["tag"]
+        plan["apply"].append(tag)
         for c in m["new_classes"]:
             if c in state:
-                raise DeployRefused(f"migration {m['tag']!r}: class {c!r} already exists")
-            state[c] = "new"
+                raise DeployRefused(f"migration {tag!r}: class {c!r} already exists")
+            state[c] = None
+            deleted_by.pop(c, None)
+            plan["steps"].append(["create", c])
             plan["create"].append(c)
         for r in m["renamed_classes"]:
             a, b = r["from"], r["to"]
             if a not in state:
-                raise DeployRefused(f"migration {m['tag']!r}: cannot rename unknown class {a!r}")
+                raise DeployRefused(f"migration {tag!r}: cannot rename unknown class {a!r}")
             if b in state:
-                raise DeployRefused(f"migration {m['tag']!r}: cannot rename {a!r} to existing class {b!r}")
+                raise DeployRefused(
+                    f"migration {tag!r}: cannot rename {a!r} to existing class {b!r}"
+                )
             state[b] = state.pop(a)
-            plan["rename"].append((a, b))
+            plan["steps"].append(["rename", a, b])
+            plan["rename"].append([a, b])
         for c in m["deleted_classes"]:
             if c not in state:
-                raise DeployRefused(f"migration {m['tag']!r}: cannot delete unknown class {c!r}")
+                raise DeployRefused(f"migration {tag!r}: cannot delete unknown class {c!r}")
             del state[c]
+            deleted_by[c] = tag
+            plan["steps"].append(["delete", c])
             plan["delete"].append(c)
     for binding, class_name in config["bindings"].items():
         if class_name not in state:
+            if class_name in deleted_by:
+                raise DeployRefused(
+                    f"binding {binding!r}: class {class_name!r} is deleted by migration"
+                    f" {deleted_by[class_name]!r}; remove the binding or the deletion"
+                )
             raise DeployRefused(
                 f"binding {binding!r}: class {class_name!r} was not created by any migration"
                 " (add it to new_classes / new_sqlite_classes)"
@@ -87,13 +132,10 @@ def plan_migrations(
             raise DeployRefused(
                 f"binding {binding!r}: class {class_name!r} is not defined in the module"
             )
-    bound = set(config["bindings"].values())
-    renamed_to = {b: a for a, b in plan["rename"]}
-    for c in state:
-        if c in module_classes or c in bound:
+    for c, origin in sorted(state.items()):
+        if c in module_classes or origin is None:
             continue
-        original = renamed_to.get(c, c)
-        if original in live and class_has_data(data_dir, live[original][0]):
+        if class_has_data(data_dir, live[origin][0]):
             raise DeployRefused(
                 f"class {c!r} still has data but is missing from the module; add a"
                 f" deleted_classes or renamed_classes migration for {c!r}"
@@ -103,28 +145,38 @@ def plan_migrations(
 
 
 def apply_plan(db: RuntimeDB, data_dir: Path, plan: dict[str, Any], version: int) -> list[Path]:
-    """Apply a plan inside the caller's transaction; returns folders to remove after commit."""
+    """Apply a plan inside the caller's transaction, step by step in migration order.
+
+    Returns the object folders of deleted classes; the caller removes them once the
+    transaction has committed and no worker holds their files open any more.
+    """
     now = time.time()
     conn = db.conn
     doomed: list[Path] = []
-    for a, b in plan["rename"]:
-        conn.execute("UPDATE namespaces SET class_name=? WHERE class_name=? AND deleted IS NULL", (b, a))
-    for c in plan["delete"]:
-        for (key,) in conn.execute(
-            "SELECT key FROM namespaces WHERE class_name=? AND deleted IS NULL", (c,)
-        ):
-            doomed.append(data_dir / "objects" / str(key))
-            conn.execute("DELETE FROM names WHERE ns_key=?", (key,))
-            conn.execute("DELETE FROM alarms WHERE ns_key=?", (key,))
-        conn.execute(
-            "UPDATE namespaces SET class_name=NULL, deleted=? WHERE class_name=? AND deleted IS NULL",
-            (now, c),
-        )
-    for c in plan["create"]:
-        conn.execute(
-            "INSERT INTO namespaces(class_name, secret, created) VALUES(?,?,?)",
-            (c, new_namespace_secret(), now),
-        )
+    for step in plan["steps"]:
+        op = step[0]
+        if op == "rename":
+            conn.execute(
+                "UPDATE namespaces SET class_name=? WHERE class_name=? AND deleted IS NULL",
+                (step[2], step[1]),
+            )
+        elif op == "delete":
+            for (key,) in conn.execute(
+                "SELECT key FROM namespaces WHERE class_name=? AND deleted IS NULL", (step[1],)
+            ):
+                doomed.append(data_dir / "objects" / str(key))
+                conn.execute("DELETE FROM names WHERE ns_key=?", (key,))
+                conn.execute("DELETE FROM alarms WHERE ns_key=?", (key,))
+            conn.execute(
+                "UPDATE namespaces SET class_name=NULL, deleted=? WHERE class_name=?"
+                " AND deleted IS NULL",
+                (now, step[1]),
+            )
+        elif op == "create":
+            conn.execute(
+                "INSERT INTO namespaces(class_name, secret, created) VALUES(?,?,?)",
+                (step[1], new_namespace_secret(), now),
+            )
     for tag in plan["apply"]:
         conn.execute(
             "INSERT INTO migrations(tag, deployment, applied) VALUES(?,?,?)", (tag, version, now)
@@ -135,12 +187,15 @@ def apply_plan(db: RuntimeDB, data_dir: Path, plan: dict[str, Any], version: int
 def tentative_namespaces(db: RuntimeDB, plan: dict[str, Any]) -> dict[str, list[Any]]:
     """Namespaces as they would be after the plan (new classes get throwaway secrets)."""
     live = {c: [k, s.hex()] for c, (k, s) in db.namespaces().items()}
-    for a, b in plan["rename"]:
-        live[b] = live.pop(a)
-    for c in plan["delete"]:
-        live.pop(c, None)
-    for i, c in enumerate(plan["create"]):
-        live[c] = [-(i + 1), new_namespace_secret().hex()]
+    fresh = 0
+    for step in plan["steps"]:
+        if step[0] == "rename":
+            live[step[2]] = live.pop(step[1])
+        elif step[0] == "delete":
+            live.pop(step[1], None)
+        elif step[0] == "create":
+            fresh += 1
+            live[step[1]] = [-fresh, new_namespace_secret().hex()]
     return live
 
 
@@ -178,10 +233,40 @@ def validate_request(payload: Any) -> tuple[dict[str, Any], dict[str, Any], byte
     return config, meta, bundle
 
 
+def commit_deployment(
+    db: RuntimeDB,
+    data_dir: Path,
+    version: int,
+    bundle: bytes,
+    plan: dict[str, Any],
+    config: dict[str, Any],
+    meta: dict[str, Any],
+    note: str,
+) -> list[Path]:
+    """Write the bundle, then apply the plan and record the deployment atomically.
+
+    Returns the folders of deleted classes (to remove after activation). On any
+    failure the bundle file is removed again and the database is unchanged.
+    """
+    sha = write_bundle(data_dir, version, bundle)
+    try:
+        with db.transaction():
+            doomed = apply_plan(db, data_dir, plan, version)
+            manifest = manifest_for(db, config, meta)
+            db.insert_deployment(version, config, manifest, PYTHON_TAG, sha, note)
+    except BaseException:
+        bundle_path(data_dir, version).unlink(missing_ok=True)
+        raise
+    return doomed
+
+
+def bundle_path(data_dir: Path, version: int) -> Path:
+    return data_dir / "deployments" / f"{version:06d}.bundle"
+
+
 def write_bundle(data_dir: Path, version: int, bundle: bytes) -> str:
-    folder = data_dir / "deployments"
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{version:06d}.bundle"
+    path = bundle_path(data_dir, version)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     with open(tmp, "wb") as f:
         f.write(bundle)
@@ -192,7 +277,7 @@ def write_bundle(data_dir: Path, version: int, bundle: bytes) -> str:
 
 
 def read_bundle(data_dir: Path, version: int) -> bytes:
-    return (data_dir / "deployments" / f"{version:06d}.bundle").read_bytes()
+    return bundle_path(data_dir, version).read_bytes()
 
 
 def remove_folders(folders: list[Path]) -> None:

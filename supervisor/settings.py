@@ -27,6 +27,8 @@ class Settings:
     pitr_retention: float = 7 * 86400.0
     worker_memory_limit: int | None = None
     shutdown_grace: float = 10.0
+    # Seconds a redeploy lets in-flight events finish on the old code before a reset.
+    deploy_grace: float = 30.0
     prices: Path | None = None
     fault_injection: bool = False
     metrics_public: bool = False
@@ -49,6 +51,7 @@ class Settings:
             "pitr_retention": self.pitr_retention,
             "debug": self.debug,
             "fault_injection": self.fault_injection,
+            "deploy_grace": self.deploy_grace,
         }
 
 
@@ -87,6 +90,7 @@ _FLAGS: list[tuple[str, Any, str]] = [
     ("pitr_retention", _seconds, "point-in-time recovery window in seconds"),
     ("worker_memory_limit", _positive_int, "RSS bytes after which a worker restarts"),
     ("shutdown_grace", _seconds, "seconds in-flight events get at shutdown"),
+    ("deploy_grace", _seconds, "seconds in-flight events get to finish on the old code at a redeploy"),
     ("prices", Path, "TOML price table for billing"),
 ]
 _SWITCHES = [

@@ -130,6 +130,11 @@ class ObjectHost:
         self.last_used = trio.current_time()
         # Usage since the last report to the supervisor (see meters).
         self.counters = Counters()
+        # True while the instance runs code of a deployment older than the worker's;
+        # set at activation, cleared when `redeploy.retire` drops the instance.
+        self.stale = False
+        # Woken whenever an event finishes or a wait_until task ends (redeploy waits here).
+        self.settled = trio.lowlevel.ParkingLot()
 
     # ------------------------------------------------------------- events
 
@@ -155,6 +160,10 @@ class ObjectHost:
                     pass
                 if not self.queue:
                     break
+                if self.stale and self.instance is not None:
+                    # A newer deployment is active: finish in-flight events first.
+                    await self.worker.redeploy.retire(self)
+                    continue
                 event = self.queue.popleft()
                 if self.instance is None:
                     try:
@@ -207,6 +216,7 @@ class ObjectHost:
                 )
         finally:
             self.inflight.discard(event)
+            self.settled.unpark_all()
             self.last_used = trio.current_time()
             if not event.done.is_set():
                 event.finish(error=ObjectResetError("event abandoned", retryable=not event.committed))

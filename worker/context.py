@@ -205,6 +205,7 @@ class ObjectState(DurableObjectState):
                 host.worker.log(f"wait_until task failed: {exc!r}")
             finally:
                 host.waiting -= 1
+                host.settled.unpark_all()
                 host.last_used = trio.current_time()
 
         host.worker.nursery.start_soon(run)

@@ -64,6 +64,7 @@ from .catalog import Event, HostState, ObjectHost
 from .context import EntrypointContext, Env, ObjectState
 from .meters import WorkerMeters
 from .pitr import Pitr
+from .redeploy import Redeployer
 from .sockets import SocketRegistry
 from .storage import Database
 
@@ -161,6 +162,7 @@ class Worker:
         self.alarms = AlarmStore(self)
         self.sockets = SocketRegistry(self)
         self.pitr = Pitr(self)
+        self.redeploy = Redeployer(self)
         self.meters = WorkerMeters(self)
         self.stopping = False
 
@@ -203,6 +205,11 @@ class Worker:
     # ------------------------------------------------------------------ deployments
 
     def activate(self, dep: Deployment) -> None:
+        """Make `dep` current; live objects move to it as `redeploy.py` describes."""
+        self.redeploy.activate(dep)
+
+    def install(self, dep: Deployment) -> None:
+        """Switch `deployment` and `env` (called by `Redeployer.activate`)."""
         values: dict[str, Any] = dict(dep.manifest.get("vars", {}))
         for binding, class_name in dep.manifest["bindings"].items():
             key_secret = dep.namespaces.get(class_name)
@@ -210,12 +217,6 @@ class Worker:
             values[binding] = DurableObjectNamespace(binding, class_name, factory, self.transport)
         self.deployment = dep
         self.env = Env(values)
-        # Objects re-create on the new code at their next event; idle ones go now.
-        for key, host in list(self.catalog.items()):
-            if host.is_idle():
-                self.evict(host)
-            else:
-                host.stale = True  # type: ignore[attr-defined]
 
     def object_path(self, target: Target) -> Path:
         dep = self.deployment
@@ -226,6 +227,7 @@ class Worker:
     # ------------------------------------------------------------------ objects
 
     def host_for(self, target: Target) -> ObjectHost:
+        target = self.redeploy.resolve(target)
         key = (target.class_name, target.id)
         host = self.catalog.get(key)
         if host is not None:

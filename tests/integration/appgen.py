@@ -1,0 +1,96 @@
+"""Writes small throwaway apps (app.py + stateroom.toml) for the deployment tests.
+
+Each app is a counter whose replies carry a code version string, so a test can
+tell which deployment answered. `hold(started, release)` lets a test keep an event
+in flight: it creates the file `started`, then waits until `release` exists.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+CLASS = '''
+class {name}(DurableObject):
+    async def fetch(self, request):
+        count = (await self.ctx.storage.get("count") or 0) + 1
+        await self.ctx.storage.put("count", count)
+        return Response(f"{{VERSION}}:{{count}}")
+
+    async def increment(self, by=1):
+        count = (await self.ctx.storage.get("count") or 0) + by
+        await self.ctx.storage.put("count", count)
+        return count
+
+    async def get(self):
+        return await self.ctx.storage.get("count") or 0
+
+    async def version(self):
+        return VERSION
+
+    async def class_name(self):
+        return type(self).__name__
+
+    async def hold(self, started, release):
+        open(started, "w").close()
+        while not os.path.exists(release):
+            await trio.sleep(0.01)
+        return VERSION
+'''
+
+DEFAULT = '''
+class Default(WorkerEntrypoint):
+    async def fetch(self, request):
+        name = request.url_path.strip("/") or "global"
+        return await getattr(self.env, {binding!r}).get_by_name(name).fetch(request)
+'''
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def write_app(
+    folder: Path,
+    *,
+    version: str = "v1",
+    classes: tuple[str, ...] = ("Counter",),
+    bindings: dict[str, str] | None = None,
+    migrations: list[dict[str, Any]] | None = None,
+    default_binding: str | None = "COUNTER",
+    extra: str = "",
+) -> Path:
+    """Write `folder/app.py` and `folder/stateroom.toml`; returns the toml path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    if bindings is None:
+        bindings = {"COUNTER": classes[0]}
+    if migrations is None:
+        migrations = [{"tag": "v1", "new_sqlite_classes": list(classes)}]
+    code = [
+        "import os",
+        "import trio",
+        "from stateroom import DurableObject, Response, WorkerEntrypoint",
+        "",
+        f"VERSION = {version!r}",
+    ]
+    code += [CLASS.format(name=c) for c in classes]
+    if default_binding is not None:
+        code.append(DEFAULT.format(binding=default_binding))
+    code.append(extra)
+    (folder / "app.py").write_text("\n".join(code) + "\n")
+    toml = ['name = "gen"', 'main = "app.py"', ""]
+    for b, c in bindings.items():
+        toml += ["[[durable_objects.bindings]]", f"name = {toml_value(b)}", f"class_name = {toml_value(c)}", ""]
+    for m in migrations:
+        toml.append("[[migrations]]")
+        toml += [f"{k} = {toml_value(v)}" for k, v in m.items()]
+        toml.append("")
+    (folder / "stateroom.toml").write_text("\n".join(toml))
+    return folder / "stateroom.toml"

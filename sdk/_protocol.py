@@ -224,7 +224,6 @@ class RunAlarm(_Msg):
     expire: bool = False
 
 
-
 # ----------------------------------------------------------------- meters
 
 
@@ -233,6 +232,132 @@ class FlushMeters(_Msg):
     `Reply` (the Stats frame precedes the Reply on the connection)."""
 
     request_id: int
+
+
+# ----------------------------------------------------------------- WebSockets (SPEC §7)
+#
+# The connection lives in the supervisor (`supervisor/parking.py`); the owning worker
+# holds handles (`worker/sockets.py`). A socket is named by `ws_id`, chosen by the
+# worker's `WebSocketPair` and carried back to the front door in
+# `HttpResponse.web_socket`. Messages travel as bytes with a `text` flag (msgspec
+# unions allow one str-like type only).
+
+
+class WsSocket(msgspec.Struct, frozen=True, array_like=True):
+    """What the supervisor keeps of one socket for its object: enough to rebuild a
+    handle in a fresh instance. `attachment` is value-codec bytes; `auto_response_ms`
+    the epoch ms of the last auto-response sent on it."""
+
+    ws_id: int
+    tags: list[str] = []
+    attachment: bytes | None = None
+    auto_response_ms: int | None = None
+
+
+class WsAccepted(_Msg):
+    """Worker -> supervisor: the object accepted socket `ws_id` with `tags`. Pending
+    until the 101 response carrying `ws_id` reaches the front door."""
+
+    ws_id: int
+    target: Target
+    tags: list[str] = []
+
+
+class WsSend(_Msg):
+    """Worker -> supervisor: send one message to every socket of `ws_ids`, in order
+    with the worker's other socket output (already released by the output gate)."""
+
+    ws_ids: list[int]
+    data: bytes
+    text: bool = True
+
+
+class WsClose(_Msg):
+    """Worker -> supervisor: the object closes socket `ws_id` (after earlier sends)."""
+
+    ws_id: int
+    code: int = 1000
+    reason: str = ""
+
+
+class WsSetAttachment(_Msg):
+    """Worker -> supervisor: the socket's attachment (codec bytes; None clears)."""
+
+    ws_id: int
+    attachment: bytes | None = None
+
+
+class WsSetOptions(_Msg):
+    """Worker -> supervisor: the object's socket settings, kept across hibernation:
+    the auto-response pair (both None: none) and the event timeout (None: none)."""
+
+    target: Target
+    auto_request: str | None = None
+    auto_response: str | None = None
+    event_timeout_ms: int | None = None
+
+
+class WsRestore(_Msg):
+    """Worker -> supervisor: the parked sockets of `target`, asked before its
+    constructor runs. Answered by `WsRestored` with the same `request_id`."""
+
+    request_id: int
+    target: Target
+
+
+class WsRestored(_Msg):
+    """Supervisor -> worker: answer to `WsRestore`, sockets in accept order."""
+
+    request_id: int
+    sockets: list[WsSocket] = []
+    auto_request: str | None = None
+    auto_response: str | None = None
+    event_timeout_ms: int | None = None
+
+
+class WsSync(_Msg):
+    """Worker -> supervisor, once at start: which objects of my shards have parked
+    sockets? Answered by `WsSynced`."""
+
+    request_id: int
+
+
+class WsSynced(_Msg):
+    """Supervisor -> worker: `objects` = [[class name, id, socket count], ...]."""
+
+    request_id: int
+    objects: list[tuple[str, str, int]] = []
+
+
+class WsEvent(_Msg):
+    """Supervisor -> worker: deliver a socket event to the object (re-creating it if
+    needed); answered by `Reply` once the handler finished.
+
+    kind: "message" (`data`, `text`), "close" (`code`, `reason`, `was_clean`) or
+    "error" (`reason` is the error message). For close and error the socket has
+    already left the parked set, so `socket` carries its tags and attachment.
+    """
+
+    request_id: int
+    target: Target
+    ws_id: int
+    kind: str
+    data: bytes = b""
+    text: bool = True
+    code: int = 0
+    reason: str = ""
+    was_clean: bool = True
+    socket: WsSocket | None = None
+
+
+class WsAutoResponded(_Msg):
+    """Supervisor -> worker: the supervisor answered socket `ws_id` from the
+    object's auto-response pair at `time_ms` (epoch ms), without waking it."""
+
+    target: Target
+    ws_id: int
+    time_ms: int
+
 
 Message = (
     Hello
@@ -252,6 +377,17 @@ Message = (
     | AlarmSet
     | RunAlarm
     | FlushMeters
+    | WsAccepted
+    | WsSend
+    | WsClose
+    | WsSetAttachment
+    | WsSetOptions
+    | WsRestore
+    | WsRestored
+    | WsSync
+    | WsSynced
+    | WsEvent
+    | WsAutoResponded
 )
 
 _encoder = msgspec.msgpack.Encoder()

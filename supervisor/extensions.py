@@ -26,3 +26,7 @@ def install_extensions(sup: Any) -> None:
     sup.extensions.append(Dashboard(sup))
     sup.alarms = AlarmScheduler(sup)
     sup.extensions.append(sup.alarms)
+    from .parking import Parking
+
+    sup.parking = Parking(sup)  # also installs itself as the front door's on_upgrade
+    sup.extensions.append(sup.parking)

@@ -164,6 +164,12 @@ class ObjectHost:
                     # A newer deployment is active: finish in-flight events first.
                     await self.worker.redeploy.retire(self)
                     continue
+                if self.instance is None:
+                    # The constructor must see the object's parked WebSockets
+                    # (sockets.py); returns at once when there are none.
+                    await self.worker.sockets.wait_restored(self)
+                    if not self.queue:
+                        break
                 event = self.queue.popleft()
                 if self.instance is None:
                     try:

@@ -1,34 +1,54 @@
-"""Per-object storage on APSW: one SQLite file per object, WAL mode.
+"""Per-object storage on APSW: one SQLite file per object, WAL mode, one writer.
 
 Every object owns one database file `DATA/objects/<namespace key>/<id>.sqlite`,
-named after the id (never a raw name). The file is created by the first write and
-opened lazily; reads of an object that never wrote touch nothing.
+named after the id (never a raw name). KV data lives in the reserved table
+`_stateroom_kv` (keys as UTF-8 bytes, so SQLite's memcmp order is UTF-8 byte order),
+runtime state (the alarm) in `_stateroom_meta`; user SQL sees everything else. The
+file is created by the first write and opened lazily: KV reads of an object that
+never wrote open nothing, and an object that holds no data and no alarm leaves no
+file (nor history) once evicted.
 
-Writes go into an open transaction (`BEGIN IMMEDIATE` at the first write) that the
-object's gate commits at the next non-storage await or at the end of the event
-(see `gates.py`): every write made between two non-storage awaits commits as one
-SQLite transaction. Storage calls run synchronously on the worker's trio thread,
-so no other event of the object can start while one runs (the input gate).
+Transactions: the first write opens a transaction (`BEGIN IMMEDIATE`) and calls
+`on_first_write` so the object's gate schedules the commit (`catalog.py`): every
+write made between two non-storage awaits commits as one SQLite transaction. Calls
+here are synchronous on the worker's trio thread, which is what keeps the input gate
+closed while a storage operation runs. A call that fails leaves nothing of itself
+behind: multi-row writes run inside a savepoint that is rolled back on error. If
+SQLite itself rolls back the whole transaction (it may on SQLITE_FULL), the writes of
+the turn are lost and `on_txn_lost` resets the object.
 
-Durability: `full` sets `synchronous=FULL` (the WAL is fsynced at each commit);
-`process` sets `synchronous=NORMAL` (survives a process crash, not power loss).
+Durability: `full` sets `synchronous=FULL` (the WAL is fsynced at each commit:
+survives power loss); `process` sets `synchronous=NORMAL` (survives any process
+crash, not an OS crash).
 
-Single writer: the connection runs with `locking_mode=EXCLUSIVE` and takes the
-write lock at open, so a second process cannot write (or read) the file while the
-owning worker holds it.
+Single writer, fenced: the connection runs with `locking_mode=EXCLUSIVE` and takes
+the write lock at open (`BEGIN IMMEDIATE; COMMIT`), which it then never releases, so
+no other process can read or write the file while the owning worker lives; the OS
+drops the lock when that process dies. Opening a file locked by another process
+raises `StorageLockedError` (retryable).
+
+Limits (SPEC §5), enforced before anything is written or by SQLite's own limits:
+key <= 2,048 UTF-8 bytes, encoded value <= 2 MiB, 128 keys per batch, SQL text <=
+100,000 bytes, <= 100 bound parameters, row <= 2 MiB (`SQLITE_LIMIT_LENGTH`),
+database <= `max_db_bytes` (`PRAGMA max_page_count`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable
+import re
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import apsw
 
 from stateroom import _codec
-from stateroom._errors import SqlError
+from stateroom._errors import DurableObjectError, SqlError
+
+from .sqlpolicy import Policy, mentions_reserved
 
 KV_TABLE = "_stateroom_kv"
 META_TABLE = "_stateroom_meta"
@@ -36,18 +56,41 @@ META_TABLE = "_stateroom_meta"
 MAX_KEY_BYTES = 2048
 MAX_VALUE_BYTES = 2 * 1024 * 1024
 MAX_BATCH = 128
+MAX_SQL_BYTES = 100_000
+MAX_BINDINGS = 100
+MAX_ROW_BYTES = 2 * 1024 * 1024
+# A KV row holds a key and a value at their limits plus record overhead.
+_KV_ROW_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 1024
+DEFAULT_MAX_DB_BYTES = 10 * 1024**3
+
+_FULLSCAN = "SQLITE_STMTSTATUS_FULLSCAN_STEP"
+_TRACE_ID = "stateroom-rows"
 
 
-def _key_bytes(key: Any) -> bytes:
+class StorageLockedError(DurableObjectError):
+    """Another process holds the object's database (a stale or duplicate worker)."""
+
+    kind = "runtime"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, retryable=True)
+
+
+def key_bytes(key: Any) -> bytes:
+    """A KV key as UTF-8 bytes. Raises TypeError / ValueError (naming the limit)."""
     if not isinstance(key, str):
         raise TypeError(f"storage keys must be str, not {type(key).__name__}")
-    b = key.encode("utf-8")
+    try:
+        b = key.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("storage keys must be valid Unicode (no lone surrogates)") from None
     if len(b) > MAX_KEY_BYTES:
         raise ValueError(f"key is {len(b)} bytes; the limit is {MAX_KEY_BYTES} UTF-8 bytes")
     return b
 
 
-def _value_bytes(value: Any) -> bytes:
+def value_bytes(value: Any) -> bytes:
+    """A KV value encoded with the codec. Raises TypeError / ValueError (naming the limit)."""
     data = _codec.encode(value)
     if len(data) > MAX_VALUE_BYTES:
         raise ValueError(
@@ -56,23 +99,74 @@ def _value_bytes(value: Any) -> bytes:
     return data
 
 
+def check_batch(n: int, what: str) -> None:
+    if n > MAX_BATCH:
+        raise ValueError(f"{what} of {n} keys; the limit is {MAX_BATCH} keys per call")
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with `prefix`."""
+    p = prefix.rstrip(b"\xff")
+    if not p:
+        return None
+    return p[:-1] + bytes([p[-1] + 1])
+
+
+_COMMENTS = re.compile(r"--[^\n]*|/\*.*?(\*/|$)", re.S)
+
+
+def split_statements(query: str) -> list[str]:
+    """Split SQL text into statements with SQLite's own tokenizer (`apsw.complete`)."""
+    if ";" not in query:
+        return [query]
+    parts: list[str] = []
+    start = 0
+    i = query.find(";")
+    while i != -1:
+        if apsw.complete(query[start : i + 1]):
+            parts.append(query[start : i + 1])
+            start = i + 1
+        i = query.find(";", i + 1)
+    parts.append(query[start:])
+    stmts = [p for p in parts if _COMMENTS.sub("", p).strip(" \t\r\n;")]
+    return stmts or [query]
+
+
 class Database:
     """The APSW connection of one object and its open transaction.
 
     Fields:
       path: the object's file.
-      conn: the open connection, or None while closed (never opened or evicted).
+      conn: the open connection, or None while closed (never opened, reset or evicted).
       in_txn: True between the first write of a batch and its commit/rollback.
+        Invariant: in_txn implies conn is not None and not conn.getautocommit().
       on_first_write: called when a write opens a new transaction (the gate uses it
         to schedule the commit).
+      on_txn_lost: called with a reason when SQLite rolled back the open transaction
+        by itself; the host resets the object (and raises).
+      policy: the authorizer state (`sqlpolicy.Policy`); `policy.user` is True only
+        while user SQL runs.
+      history: the object's WAL history (`pitr.History`) or None when PITR is off.
     """
 
-    def __init__(self, path: Path, durability: str, on_first_write: Callable[[], None]) -> None:
-        self.path = path
+    def __init__(
+        self,
+        path: Path,
+        durability: str,
+        on_first_write: Callable[[], None],
+        *,
+        max_db_bytes: int = DEFAULT_MAX_DB_BYTES,
+        history: Any = None,
+    ) -> None:
+        self.path = Path(path)
         self.durability = durability
+        self.max_db_bytes = int(max_db_bytes)
         self.conn: apsw.Connection | None = None
         self.in_txn = False
         self.on_first_write = on_first_write
+        self.on_txn_lost: Callable[[str], None] = _ignore
+        self.policy = Policy()
+        self.history = history
 
     # ------------------------------------------------------------- lifecycle
 
@@ -80,65 +174,158 @@ class Database:
         return self.conn is not None or self.path.exists()
 
     def open(self, create: bool) -> apsw.Connection | None:
+        """The open connection; opens the file (creating it only if `create`).
+
+        Returns None when the file does not exist and `create` is False. Raises
+        `StorageLockedError` when another process holds the file.
+        """
         if self.conn is not None:
             return self.conn
         if not create and not self.path.exists():
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = apsw.Connection(str(self.path))
-        conn.setbusytimeout(0)
-        conn.execute("PRAGMA locking_mode=EXCLUSIVE")
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(
-            "PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL")
-        )
+        flags = apsw.SQLITE_OPEN_READWRITE | (apsw.SQLITE_OPEN_CREATE if create else 0)
+        conn = apsw.Connection(str(self.path), flags=flags)
+        try:
+            self._configure(conn)
+        except apsw.BusyError:
+            conn.close()
+            raise StorageLockedError(
+                f"the database of object {self.path.stem[:16]}… is locked by another process"
+            ) from None
+        except BaseException:
+            conn.close()
+            raise
+        self.conn = conn
+        return conn
+
+    def _configure(self, conn: apsw.Connection) -> None:
+        conn.set_busy_timeout(0)
+        conn.authorizer = self.policy.authorize
+
+        def x(sql: str) -> Any:
+            return conn.execute(sql, can_cache=False).get
+
+        x("PRAGMA locking_mode=EXCLUSIVE")
+        mode = x("PRAGMA journal_mode=WAL")
+        if str(mode).lower() != "wal":
+            raise apsw.CantOpenError(f"cannot put {self.path} in WAL mode (got {mode})")
+        x("PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL"))
+        x("PRAGMA foreign_keys=ON")
+        page_size = int(x("PRAGMA page_size"))
+        x(f"PRAGMA max_page_count={max(2, self.max_db_bytes // page_size)}")
+        conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
+        conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_BINDINGS)
+        conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
+        if self.history is not None:
+            # Archives whatever WAL a crashed predecessor left, then labels commits.
+            self.history.attach(conn)
+        # Take the write lock now; locking_mode=EXCLUSIVE keeps it until close.
+        x("BEGIN IMMEDIATE")
         conn.execute(
             f"CREATE TABLE IF NOT EXISTS {KV_TABLE}(key BLOB PRIMARY KEY, value BLOB NOT NULL)"
             " WITHOUT ROWID"
         )
-        self.conn = conn
-        return conn
+        x("COMMIT")
 
     def close(self) -> None:
-        if self.conn is not None:
+        """Roll back any open transaction, archive the WAL (PITR) and close."""
+        if self.conn is None:
+            return
+        conn = self.conn
+        try:
             if self.in_txn:
                 self.rollback()
-            self.conn.close()
+            if self.history is not None:
+                self.history.before_close(conn)
+        finally:
             self.conn = None
+            self.in_txn = False
+            conn.close()
+
+    def _x(self, sql: str) -> None:
+        """Run one of the runtime's own control statements (never cached: see sqlpolicy)."""
+        assert self.conn is not None
+        self.conn.execute(sql, can_cache=False)
 
     # ------------------------------------------------------------- transactions
 
     def write_conn(self) -> apsw.Connection:
+        """The connection inside an open transaction (opening one if needed)."""
         conn = self.open(create=True)
         assert conn is not None
         if not self.in_txn:
-            conn.execute("BEGIN IMMEDIATE")
+            self._x("BEGIN IMMEDIATE")
             self.in_txn = True
             self.on_first_write()
         return conn
 
     def commit(self) -> None:
         """Commit the open transaction (fsynced under `full`). Raises on failure."""
-        if self.in_txn:
-            assert self.conn is not None
-            self.in_txn = False
-            try:
-                self.conn.execute("COMMIT")
-            except apsw.Error:
-                if not self.conn.getautocommit():
-                    self.conn.execute("ROLLBACK")
-                raise
+        if not self.in_txn:
+            return
+        conn = self.conn
+        assert conn is not None
+        self.in_txn = False
+        try:
+            self._x("COMMIT")
+        except apsw.Error:
+            if not conn.getautocommit():
+                self._x("ROLLBACK")
+            raise
+        if self.history is not None:
+            self.history.after_commit(conn)
 
     def rollback(self) -> None:
         if self.in_txn and self.conn is not None:
             self.in_txn = False
             if not self.conn.getautocommit():
-                self.conn.execute("ROLLBACK")
+                self._x("ROLLBACK")
+
+    @contextlib.contextmanager
+    def _atomic(self, needed: bool = True) -> Iterator[None]:
+        """Make a multi-row write all-or-nothing within the open transaction."""
+        if not needed:
+            try:
+                yield
+            except apsw.Error as exc:
+                self._after_error(exc)
+                raise
+            return
+        self._x("SAVEPOINT _stateroom_call")
+        try:
+            yield
+        except BaseException as exc:
+            conn = self.conn
+            if conn is not None and not conn.getautocommit():
+                self._x("ROLLBACK TO _stateroom_call")
+                self._x("RELEASE _stateroom_call")
+            if isinstance(exc, apsw.Error):
+                self._after_error(exc)
+            raise
+        self._x("RELEASE _stateroom_call")
+
+    def _after_error(self, exc: apsw.Error) -> None:
+        """If SQLite rolled back the whole transaction, the turn's writes are gone."""
+        conn = self.conn
+        if self.in_txn and conn is not None and conn.getautocommit():
+            self.in_txn = False
+            self.on_txn_lost(f"SQLite rolled back the transaction: {exc}")
+
+    def limit_error(self, exc: apsw.Error) -> str | None:
+        """A message naming the limit `exc` hit, or None."""
+        if isinstance(exc, apsw.FullError):
+            return (
+                f"database is full: the limit is {self.max_db_bytes:,} bytes (--max-db-bytes)"
+            )
+        if isinstance(exc, apsw.TooBigError):
+            return f"row too big: the limit is {MAX_ROW_BYTES:,} bytes (2 MiB) per row ({exc})"
+        return None
 
     # ------------------------------------------------------------- KV
 
     def kv_get(self, key: str) -> Any:
-        kb = _key_bytes(key)
+        kb = key_bytes(key)
         conn = self.open(create=False)
         if conn is None:
             return None
@@ -147,9 +334,9 @@ class Database:
         return None
 
     def kv_get_many(self, keys: list[str]) -> dict[str, Any]:
-        if len(keys) > MAX_BATCH:
-            raise ValueError(f"get() of {len(keys)} keys; the limit is {MAX_BATCH} keys per call")
-        kbs = sorted({_key_bytes(k) for k in keys})
+        """Present keys only, in key order."""
+        check_batch(len(keys), "get()")
+        kbs = sorted({key_bytes(k) for k in keys})
         conn = self.open(create=False)
         if conn is None:
             return {}
@@ -159,29 +346,40 @@ class Database:
                 out[kb.decode("utf-8")] = _codec.decode(v)
         return out
 
-    def kv_put_many(self, entries: dict[str, Any]) -> None:
-        if len(entries) > MAX_BATCH:
-            raise ValueError(
-                f"put() of {len(entries)} entries; the limit is {MAX_BATCH} keys per call"
-            )
+    def kv_put_many(self, entries: dict[str, Any]) -> int:
+        """Write every entry or none. Returns the number of rows written."""
+        if not isinstance(entries, dict):
+            raise TypeError(f"put() takes a key and a value, or a dict; not {type(entries).__name__}")
+        check_batch(len(entries), "put()")
         # Encode everything first: a bad key or value writes nothing.
-        rows = [(_key_bytes(k), _value_bytes(v)) for k, v in entries.items()]
+        rows = [(key_bytes(k), value_bytes(v)) for k, v in entries.items()]
+        if not rows:
+            return 0
         conn = self.write_conn()
-        conn.executemany(f"INSERT OR REPLACE INTO {KV_TABLE}(key, value) VALUES(?, ?)", rows)
+        try:
+            with self._atomic(len(rows) > 1):
+                conn.executemany(
+                    f"INSERT OR REPLACE INTO {KV_TABLE}(key, value) VALUES(?, ?)", rows
+                )
+        except apsw.Error as exc:
+            message = self.limit_error(exc)
+            if message is not None:
+                raise ValueError(message) from None
+            raise
+        return len(rows)
 
     def kv_delete_many(self, keys: list[str]) -> int:
-        if len(keys) > MAX_BATCH:
-            raise ValueError(
-                f"delete() of {len(keys)} keys; the limit is {MAX_BATCH} keys per call"
-            )
-        kbs = [_key_bytes(k) for k in keys]
-        if self.open(create=False) is None:
+        """Delete the keys; returns how many existed."""
+        check_batch(len(keys), "delete()")
+        kbs = {key_bytes(k) for k in keys}
+        if not kbs or self.open(create=False) is None:
             return 0
         conn = self.write_conn()
         n = 0
-        for kb in set(kbs):
-            conn.execute(f"DELETE FROM {KV_TABLE} WHERE key=?", (kb,))
-            n += conn.changes()
+        with self._atomic(len(kbs) > 1):
+            for kb in kbs:
+                conn.execute(f"DELETE FROM {KV_TABLE} WHERE key=?", (kb,))
+                n += conn.changes()
         return n
 
     def kv_list(
@@ -194,27 +392,38 @@ class Database:
         reverse: bool = False,
         limit: int | None = None,
     ) -> dict[str, Any]:
-        if limit is not None and (not isinstance(limit, int) or limit <= 0):
+        """Entries in ascending UTF-8 byte order of keys (`end` exclusive).
+
+        With `reverse`, the last `limit` keys in descending order.
+        """
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0
+        ):
             raise ValueError("list() limit must be a positive integer")
         if start is not None and start_after is not None:
             raise ValueError("list() takes start or start_after, not both")
-        conn = self.open(create=False)
-        if conn is None:
-            return {}
         where, args = [], []
         if start is not None:
             where.append("key >= ?")
-            args.append(_key_bytes(start))
+            args.append(key_bytes(start))
         if start_after is not None:
             where.append("key > ?")
-            args.append(_key_bytes(start_after))
+            args.append(key_bytes(start_after))
         if end is not None:
             where.append("key < ?")
-            args.append(_key_bytes(end))
+            args.append(key_bytes(end))
         if prefix is not None:
-            pb = _key_bytes(prefix)
-            where.append("substr(key, 1, ?) = ?")
-            args.extend([len(pb), pb])
+            pb = key_bytes(prefix)
+            if pb:
+                where.append("key >= ?")
+                args.append(pb)
+                upper = prefix_end(pb)
+                if upper is not None:
+                    where.append("key < ?")
+                    args.append(upper)
+        conn = self.open(create=False)
+        if conn is None:
+            return {}
         sql = f"SELECT key, value FROM {KV_TABLE}"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -225,53 +434,239 @@ class Database:
         return {k.decode("utf-8"): _codec.decode(v) for k, v in conn.execute(sql, args)}
 
     def delete_all(self) -> None:
-        """Drop every KV entry and SQL table; the file is removed at close."""
+        """Delete every KV entry and every SQL table, view and index (one atomic step).
+
+        The alarm is the caller's (it lives in `_stateroom_meta`); the file itself goes
+        when the object is evicted with nothing left (`is_empty`).
+        """
         conn = self.open(create=False)
         if conn is None:
             return
         conn = self.write_conn()
-        conn.execute(f"DELETE FROM {KV_TABLE}")
-        tables = [
-            (t, n)
-            for t, n in conn.execute(
-                "SELECT type, name FROM sqlite_master WHERE type IN ('table','view')"
-                " AND name NOT LIKE 'sqlite_%'"
+        with self._atomic():
+            self._x("PRAGMA defer_foreign_keys=ON")
+            conn.execute(f"DELETE FROM {KV_TABLE}")
+            objects = conn.execute(
+                "SELECT type, name, coalesce(sql, '') FROM sqlite_master"
+                " WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+                " AND substr(name, 1, 11) != '_stateroom_'"
+            ).fetchall()
+            # Views first, then virtual tables (which own shadow tables), then the rest.
+            objects.sort(
+                key=lambda o: (o[0] != "view", not o[2].upper().startswith("CREATE VIRTUAL"))
             )
-            if n != KV_TABLE
-        ]
-        for t, n in tables:
-            conn.execute(f'DROP {"VIEW" if t == "view" else "TABLE"} IF EXISTS "{n}"')
+            for kind, name, _sql in objects:
+                quoted = '"' + name.replace('"', '""') + '"'
+                self._x(f"DROP {'VIEW' if kind == 'view' else 'TABLE'} IF EXISTS {quoted}")
+            self._x("PRAGMA user_version=0")
 
     def is_empty(self) -> bool:
+        """True when the object holds no KV entry, no SQL object and no runtime state."""
+        if self.history is not None and self.history.restore_pending():
+            return False
         conn = self.open(create=False)
         if conn is None:
             return True
-        for (n,) in conn.execute(
-            "SELECT count(*) FROM sqlite_master WHERE name NOT LIKE 'sqlite_%' AND name != ?",
-            (KV_TABLE,),
+        for _ in conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+            " AND substr(name, 1, 11) != '_stateroom_' LIMIT 1"
         ):
-            if n:
-                return False
+            return False
         for _ in conn.execute(f"SELECT 1 FROM {KV_TABLE} LIMIT 1"):
             return False
+        if conn.table_exists("main", META_TABLE):
+            for _ in conn.execute(f"SELECT 1 FROM {META_TABLE} LIMIT 1"):
+                return False
         return True
 
     def remove_files(self) -> None:
+        """Close and delete the object's file, its WAL and its history."""
         self.close()
         for suffix in ("", "-wal", "-shm", "-journal"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(str(self.path) + suffix)
-            except FileNotFoundError:
-                pass
+        if self.history is not None:
+            self.history.remove()
 
     def size_bytes(self) -> int:
+        """Bytes on disk of the database and its WAL (history not included)."""
         total = 0
         for suffix in ("", "-wal"):
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 total += os.path.getsize(str(self.path) + suffix)
-            except FileNotFoundError:
-                pass
         return total
+
+    # ------------------------------------------------------------- SQL
+
+    def sql_exec(
+        self, query: Any, bindings: tuple[Any, ...]
+    ) -> tuple[list[str], list[tuple[Any, ...]], int, int]:
+        """Run user SQL: every statement now, all or nothing.
+
+        Returns (column names, rows of the last statement, rows read, rows written).
+        Rows read: rows SQLite stepped through in full scans plus rows returned;
+        rows written: rows inserted, updated or deleted (incl. by triggers).
+        Raises SqlError (with `.sqlite_code`) and leaves nothing of the call behind.
+        """
+        if not isinstance(query, str):
+            raise TypeError(f"sql.exec() takes a str query, not {type(query).__name__}")
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > MAX_SQL_BYTES:
+            raise SqlError(
+                f"SQL statement is {size:,} bytes; the limit is {MAX_SQL_BYTES:,} bytes",
+                apsw.SQLITE_TOOBIG,
+            )
+        if len(bindings) > MAX_BINDINGS:
+            raise SqlError(
+                f"{len(bindings)} bound parameters; the limit is {MAX_BINDINGS} per statement",
+                apsw.SQLITE_RANGE,
+            )
+        statements = split_statements(query)
+        cache = not mentions_reserved(query)
+        conn = self.write_conn()
+        policy = self.policy
+        scanned = [0]
+
+        def on_profile(event: dict[str, Any]) -> None:
+            if not event.get("trigger"):
+                scanned[0] += event["stmt_status"].get(_FULLSCAN, 0)
+
+        columns: list[str] = []
+
+        def on_exec(cursor: apsw.Cursor, sql: str, _bindings: Any) -> bool:
+            try:
+                columns[:] = [d[0] for d in cursor.get_description()]
+            except apsw.ExecutionCompleteError:
+                columns.clear()
+            return True
+
+        returned = 0
+        before = conn.total_changes()
+        conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, on_profile, id=_TRACE_ID)
+        conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
+        try:
+            with self._atomic(len(statements) > 1):
+                policy.user = True
+                policy.refused = None
+                try:
+                    for stmt in statements[:-1]:
+                        for _ in conn.execute(stmt, can_cache=cache):
+                            returned += 1
+                    cursor = conn.cursor()
+                    cursor.exec_trace = on_exec
+                    rows = list(cursor.execute(statements[-1], bindings, can_cache=cache))
+                finally:
+                    policy.user = False
+        except apsw.Error as exc:
+            raise self._sql_error(exc) from None
+        finally:
+            conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
+            conn.trace_v2(0, None, id=_TRACE_ID)
+        written = conn.total_changes() - before
+        return columns, rows, scanned[0] + returned + len(rows), written
+
+    def _sql_error(self, exc: apsw.Error) -> SqlError:
+        code = getattr(exc, "result", None)
+        message = self.limit_error(exc)
+        if isinstance(exc, apsw.AuthError):
+            what = self.policy.refused
+            message = "not authorized" + (f": {what}" if what else "")
+        elif "cannot VACUUM" in str(exc):
+            # SQLite refuses VACUUM in a transaction before consulting the authorizer.
+            message, code = "not authorized: VACUUM", apsw.SQLITE_AUTH
+        elif str(exc).startswith("not authorized"):
+            message, code = str(exc), apsw.SQLITE_AUTH
+        elif message is None:
+            message = str(exc)
+            if "too many SQL variables" in message:
+                message += f" (the limit is {MAX_BINDINGS} bound parameters)"
+        return SqlError(message, code)
+
+    # ------------------------------------------------------------- whole-state copies
+
+    def export_bytes(self) -> bytes:
+        """The committed state as one SQLite file (call with no transaction open)."""
+        if self.in_txn:
+            raise RuntimeError("export with a transaction open")
+        conn = self.open(create=False)
+        if conn is None:
+            mem = apsw.Connection(":memory:")
+            try:
+                mem.execute(
+                    f"CREATE TABLE {KV_TABLE}(key BLOB PRIMARY KEY, value BLOB NOT NULL)"
+                    " WITHOUT ROWID"
+                )
+                return mem.serialize("main")
+            finally:
+                mem.close()
+        data = bytearray(conn.serialize("main"))
+        if len(data) >= 20:
+            data[18] = data[19] = 1  # a plain (rollback-journal) file, openable anywhere
+        return bytes(data)
+
+    def replace_with(self, source: apsw.Connection) -> None:
+        """Make the object's state a copy of `source` (backup API), as one commit.
+
+        The copy goes through the WAL like any commit, so PITR history records it and
+        can undo it. Call with no transaction open.
+        """
+        if self.in_txn:
+            raise RuntimeError("replace_with with a transaction open")
+        conn = self.open(create=True)
+        assert conn is not None
+        with conn.backup("main", source, "main") as backup:
+            while not backup.done:
+                backup.step(-1)
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {KV_TABLE}(key BLOB PRIMARY KEY, value BLOB NOT NULL)"
+            " WITHOUT ROWID"
+        )
+        if self.history is not None:
+            self.history.after_commit(conn)
+
+    def page_size(self) -> int:
+        conn = self.open(create=True)
+        assert conn is not None
+        return int(conn.execute("PRAGMA page_size", can_cache=False).get)
+
+
+def load_sqlite_image(data: bytes, page_size: int) -> apsw.Connection:
+    """An in-memory connection holding the SQLite file `data`, checked and ready to copy.
+
+    Raises ValueError when `data` is not a sound SQLite database.
+    """
+    if len(data) < 100 or data[:16] != b"SQLite format 3\x00":
+        raise ValueError("not an SQLite database file")
+    image = bytearray(data)
+    image[18] = image[19] = 1  # WAL images deserialize as plain files
+    mem = apsw.Connection(":memory:")
+    try:
+        mem.deserialize("main", bytes(image))
+        check = mem.execute("PRAGMA quick_check").fetchall()
+        if check != [("ok",)]:
+            raise ValueError(f"the SQLite file is damaged: {check[0][0]}")
+        if int(mem.execute("PRAGMA page_size").get) != page_size:
+            mem.execute(f"PRAGMA page_size={page_size}")
+            mem.execute("VACUUM")
+        if mem.table_exists("main", KV_TABLE):
+            cols = [r[1] for r in mem.execute(f"PRAGMA table_info({KV_TABLE})")]
+            if cols[:2] != ["key", "value"]:
+                raise ValueError(f"the file's {KV_TABLE} table has an unexpected shape: {cols}")
+    except apsw.Error as exc:
+        mem.close()
+        raise ValueError(f"not a usable SQLite database: {exc}") from None
+    except BaseException:
+        mem.close()
+        raise
+    return mem
+
+
+def remove_tree(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _ignore(reason: str) -> None:
+    pass
 
 
 def sql_error(exc: apsw.Error) -> SqlError:

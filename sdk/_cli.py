@@ -103,32 +103,47 @@ def cmd_rollback(args: argparse.Namespace) -> None:
 
 
 def cmd_objects(args: argparse.Namespace) -> None:
-    async def go(client: Any) -> None:
+    upload: bytes | None = None
+    if args.action == "import":
+        try:
+            with open(args.file, "rb") as f:
+                upload = f.read()
+        except OSError as exc:
+            _die(f"cannot read {args.file}: {exc.strerror or exc}")
+
+    async def go(client: Any) -> Any:
         if args.action == "list":
-            objects = await client.objects(args.binding)
-            if args.json:
-                print(json.dumps({"objects": objects}, indent=2))
-                return
-            print(f"{'id':64}  {'name':24}  {'bytes':>10}")
-            for o in objects:
-                print(f"{o['id']:64}  {str(o['name'] or '-'):24}  {o['bytes']:>10}")
-            return
+            return await client.objects(args.binding)
         oid = _resolve_object(client, args.binding, args.name_or_id, args.name)
         if args.action == "delete":
             await client.delete_object(args.binding, oid)
-            print(f"deleted {oid}")
-        elif args.action == "export":
-            data = await client.export_object(args.binding, oid)
+            return oid
+        if args.action == "export":
+            return oid, await client.export_object(args.binding, oid)
+        assert upload is not None
+        await client.import_object(args.binding, oid, upload)
+        return oid
+
+    result = trio.run(_with_client, args, go)
+    if args.action == "list":
+        if args.json:
+            print(json.dumps({"objects": result}, indent=2))
+            return
+        print(f"{'id':64}  {'name':24}  {'bytes':>10}")
+        for o in result:
+            print(f"{o['id']:64}  {str(o['name'] or '-'):24}  {o['bytes']:>10}")
+    elif args.action == "delete":
+        print(f"deleted {result}")
+    elif args.action == "export":
+        oid, data = result
+        try:
             with open(args.file, "wb") as f:
                 f.write(data)
-            print(f"exported {oid} to {args.file} ({len(data)} bytes)")
-        elif args.action == "import":
-            with open(args.file, "rb") as f:
-                data = f.read()
-            await client.import_object(args.binding, oid, data)
-            print(f"imported {args.file} into {oid}")
-
-    trio.run(_with_client, args, go)
+        except OSError as exc:
+            _die(f"cannot write {args.file}: {exc.strerror or exc}")
+        print(f"exported {oid} to {args.file} ({len(data)} bytes)")
+    else:
+        print(f"imported {args.file} into {result}")
 
 
 def cmd_billing(args: argparse.Namespace) -> None:
@@ -222,18 +237,22 @@ def main(argv: list[str] | None = None) -> None:
     for action in ("delete", "export", "import"):
         q = osub.add_parser(action)
         q.add_argument("binding")
-        q.add_argument("name_or_id", nargs="?" if action == "delete" else None, default=None)
+        q.add_argument("name_or_id", nargs="?", default=None, metavar="NAME_OR_ID")
         if action != "delete":
-            q.add_argument("file")
-        q.add_argument("--name", default=None)
+            q.add_argument("file", nargs="?", default=None, metavar="FILE")
+        q.add_argument("--name", default=None, help="the object's name (instead of NAME_OR_ID)")
         _client_flags(q)
     p.set_defaults(fn=cmd_objects)
 
     args = parser.parse_args(argv)
-    if getattr(args, "action", None) in ("export", "import") and args.name is not None:
-        # `--name N FILE`: the positional NAME_OR_ID slot holds the file.
-        if args.file is None or args.name_or_id is not None and args.file is None:
-            pass
+    if args.command == "objects" and args.action != "list":
+        if args.action != "delete" and args.name is not None and args.file is None:
+            # `export BINDING --name N FILE`: the first positional is the file.
+            args.file, args.name_or_id = args.name_or_id, None
+        if (args.name is None) == (args.name_or_id is None):
+            parser.error(f"objects {args.action}: give NAME_OR_ID or --name NAME (one of them)")
+        if args.action != "delete" and args.file is None:
+            parser.error(f"objects {args.action}: FILE is required")
     try:
         args.fn(args)
     except KeyboardInterrupt:

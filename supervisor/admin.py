@@ -210,7 +210,8 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
     target = sup.target_for(binding, object_id=oid)
     if len(rest) == 2 and method == "GET":
         info = await object_admin(sup, target, "info")
-        return json_response({"id": oid, "name": target.name, "bytes": info["bytes"], "active": info["active"]})
+        name = sup.db.name_of(ns_key, oid) or target.name
+        return json_response({"id": oid, "name": name, "bytes": info["bytes"], "active": info["active"]})
     if len(rest) == 2 and method == "DELETE":
         await object_admin(sup, target, "delete")
         for ext in sup.extensions:
@@ -222,8 +223,17 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
         data = await object_admin(sup, target, "export")
         return HttpResponse(200, [("content-type", "application/vnd.sqlite3")], data)
     if len(rest) == 3 and rest[2] == "import" and method in ("PUT", "POST"):
-        await object_admin(sup, target, "import", request.body)
+        try:
+            await object_admin(sup, target, "import", request.body)
+        except (ValueError, TypeError) as exc:
+            raise HttpError(400, f"cannot import: {exc}") from None
         return json_response({"ok": True})
+    for ext in sup.extensions:
+        handler = getattr(ext, "object_route", None)
+        if handler is not None:
+            resp = await handler(request, target, ns_key, rest[2:], query)
+            if resp is not None:
+                return resp
     raise HttpError(404, "unknown object route")
 
 

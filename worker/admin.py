@@ -1,4 +1,4 @@
-"""Object-level admin operations run by the owning worker (delete, info, inject)."""
+"""Object-level admin operations run by the owning worker (info, delete, export, import, inject)."""
 
 from __future__ import annotations
 
@@ -24,6 +24,15 @@ async def run_admin(worker: Any, msg: Admin) -> bytes:
         host.reset("deleted by an admin")
         host.db.remove_files()
         worker.evict(host)
+        return _codec.encode(True)
+    if msg.op == "export":
+        from .snapshots import export_state
+
+        return _codec.encode(await export_state(worker, target))
+    if msg.op == "import":
+        from .snapshots import import_state
+
+        await import_state(worker, target, msg.data)
         return _codec.encode(True)
     raise ValueError(f"unknown admin op {msg.op!r}")
 

@@ -1,8 +1,7 @@
-"""`ctx` for objects (`DurableObjectState`) and entrypoints, and `ctx.storage`.
+"""`ctx` for objects (`DurableObjectState`) and entrypoints.
 
-Every storage coroutine here completes without yielding to trio: the work is a
-synchronous APSW call. That is what keeps the input gate closed during storage
-operations (see `catalog.py`).
+`ctx.storage` is `storage_api.Storage` (KV, SQL, alarms, PITR; see that module for
+how storage calls keep the input gate closed).
 """
 
 from __future__ import annotations
@@ -18,162 +17,9 @@ from stateroom._ids import DurableObjectId
 from stateroom._object import DurableObjectState
 
 from .catalog import ObjectHost
+from .storage_api import Storage, SyncKv, Transaction
 
-
-class _Rollback(Exception):
-    """Raised by `txn.rollback()` to end a transaction rolled back."""
-
-
-class SyncKv:
-    """`ctx.storage.kv`: the synchronous KV API."""
-
-    def __init__(self, host: ObjectHost) -> None:
-        self._host = host
-
-    def get(self, key: Any) -> Any:
-        if isinstance(key, list):
-            return self._host.db.kv_get_many(key)
-        return self._host.db.kv_get(key)
-
-    def put(self, key: Any, value: Any = None) -> None:
-        entries = key if isinstance(key, dict) else {key: value}
-        self._host.note_write()
-        self._host.db.kv_put_many(entries)
-
-    def delete(self, key: Any) -> Any:
-        self._host.note_write()
-        if isinstance(key, list):
-            return self._host.db.kv_delete_many(key)
-        return self._host.db.kv_delete_many([key]) == 1
-
-    def list(self, **options: Any) -> dict[str, Any]:
-        return self._host.db.kv_list(**options)
-
-
-class Transaction:
-    """The `txn` passed to `storage.transaction(fn)`."""
-
-    def __init__(self, storage: Storage) -> None:
-        self._storage = storage
-
-    async def get(self, key: Any) -> Any:
-        return await self._storage.get(key)
-
-    async def put(self, key: Any, value: Any = None) -> None:
-        await self._storage.put(key, value)
-
-    async def delete(self, key: Any) -> Any:
-        return await self._storage.delete(key)
-
-    async def list(self, **options: Any) -> dict[str, Any]:
-        return await self._storage.list(**options)
-
-    def rollback(self) -> None:
-        raise _Rollback()
-
-
-class Storage:
-    """`ctx.storage`: async KV, sync KV (`kv`), SQL (`sql`), alarms, bookmarks."""
-
-    def __init__(self, host: ObjectHost) -> None:
-        self._host = host
-        self.kv = SyncKv(host)
-        from .sql import SqlStorage
-
-        self.sql = SqlStorage(host)
-
-    async def get(self, key: Any) -> Any:
-        return self.kv.get(key)
-
-    async def put(self, key: Any, value: Any = None) -> None:
-        self.kv.put(key, value)
-
-    async def delete(self, key: Any) -> Any:
-        return self.kv.delete(key)
-
-    async def list(self, **options: Any) -> dict[str, Any]:
-        return self.kv.list(**options)
-
-    async def delete_all(self) -> None:
-        self._host.note_write()
-        self._host.db.delete_all()
-        self._host.worker.alarms.delete(self._host)
-
-    async def sync(self) -> None:
-        """Return once every earlier write is durable."""
-        self._host.commit()
-
-    def _begin_savepoint(self) -> None:
-        self._host.note_write()
-        conn = self._host.db.write_conn()
-        conn.execute("SAVEPOINT stateroom_txn")
-        self._host.txn_depth += 1
-
-    def _end_savepoint(self, ok: bool) -> None:
-        host = self._host
-        host.txn_depth -= 1
-        conn = host.db.conn
-        if conn is None:
-            return
-        if not ok:
-            conn.execute("ROLLBACK TO stateroom_txn")
-        conn.execute("RELEASE stateroom_txn")
-
-    async def transaction(self, fn: Callable[[Transaction], Awaitable[Any]]) -> Any:
-        """Run `await fn(txn)` atomically; no other event of the object runs meanwhile."""
-        host = self._host
-        async with host.gate:
-            generation = host.generation
-            self._begin_savepoint()
-            try:
-                result = await fn(Transaction(self))
-            except _Rollback:
-                if generation == host.generation:
-                    self._end_savepoint(False)
-                return None
-            except BaseException:
-                if generation == host.generation:
-                    self._end_savepoint(False)
-                raise
-            if generation != host.generation:
-                raise ObjectResetError("the object was reset during the transaction")
-            self._end_savepoint(True)
-            return result
-
-    def transaction_sync(self, fn: Callable[[], Any]) -> Any:
-        self._begin_savepoint()
-        try:
-            result = fn()
-        except _Rollback:
-            self._end_savepoint(False)
-            return None
-        except BaseException:
-            self._end_savepoint(False)
-            raise
-        self._end_savepoint(True)
-        return result
-
-    # ---------------------------------------------------------------- alarms
-
-    async def set_alarm(self, when: Any) -> None:
-        await self._host.worker.alarms.set(self._host, when)
-
-    async def get_alarm(self) -> int | None:
-        return self._host.worker.alarms.get(self._host)
-
-    async def delete_alarm(self) -> None:
-        self._host.worker.alarms.delete(self._host)
-
-    # ---------------------------------------------------------------- PITR
-
-    async def get_current_bookmark(self) -> str:
-        return self._host.worker.pitr.current_bookmark(self._host)
-
-    async def get_bookmark_for_time(self, when: Any) -> str:
-        return self._host.worker.pitr.bookmark_for_time(self._host, when)
-
-    async def on_next_session_restore_bookmark(self, bookmark: str) -> str:
-        return self._host.worker.pitr.restore_on_next_session(self._host, bookmark)
+__all__ = ["EntrypointContext", "Env", "ObjectState", "Storage", "SyncKv", "Transaction"]
 
 
 def to_epoch_ms(when: Any) -> int:

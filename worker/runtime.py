@@ -66,7 +66,7 @@ from .meters import WorkerMeters
 from .pitr import Pitr
 from .redeploy import Redeployer
 from .sockets import SocketRegistry
-from .storage import Database
+from .storage import DEFAULT_MAX_DB_BYTES, Database
 
 
 def error_response(exc: BaseException, debug: bool) -> Response:
@@ -241,8 +241,13 @@ class Worker:
             raise DurableObjectError(
                 "this worker does not own the object's shard", retryable=True
             )
+        path = self.object_path(target)
         db = Database(
-            self.object_path(target), self.settings.get("durability", "full"), lambda: None
+            path,
+            self.settings.get("durability", "full"),
+            lambda: None,
+            max_db_bytes=self.settings.get("max_db_bytes", DEFAULT_MAX_DB_BYTES),
+            history=self.pitr.history_for(path),
         )
         host = ObjectHost(self, target, dep.classes[target.class_name], db)
         self.catalog[key] = host

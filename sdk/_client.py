@@ -247,6 +247,23 @@ class Client:
         body = {"point": point, "binding": stub._ns.binding, "id": str(stub.id), "times": times}
         return await self._json("POST", "/_stateroom/v1/faults", json=body)
 
+    async def run_alarm(self, stub: DurableObjectStub) -> bool:
+        """Run the object's alarm now, whatever its time, and wait for the handler.
+
+        Returns True if an alarm was stored and its handler ran, False if the object
+        has no alarm. Raises the handler's exception if it raised (the alarm then
+        stays set and is retried like any failed alarm).
+        """
+        r = await self._request(
+            "POST", f"/_stateroom/v1/objects/{quote(stub._ns.binding, safe='')}/{stub.id}/alarm/run"
+        )
+        if r.status_code != 200:
+            raise _http_error(r)
+        body = r.json()
+        if body.get("error"):
+            raise error_from_fields(body["error"])
+        return bool(body["ran"])
+
     async def health(self) -> dict[str, Any]:
         r = await self._http.get("/_stateroom/health")
         return r.json()

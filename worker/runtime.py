@@ -50,6 +50,7 @@ from stateroom._protocol import (
     LoadDeployment,
     Reply,
     Rpc,
+    RunAlarm,
     Shutdown,
     Stats,
     Target,
@@ -378,6 +379,8 @@ class Worker:
                 scope.cancel()
         elif isinstance(msg, AssignShards):
             self.owners = list(msg.owners)
+        elif isinstance(msg, RunAlarm):
+            self.nursery.start_soon(self.alarms.serve_run, msg)
         elif isinstance(msg, FlushMeters):
             self.send_stats()
             self.conn.send(Reply(msg.request_id, True))

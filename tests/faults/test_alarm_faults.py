@@ -1,0 +1,70 @@
+"""Alarms under crashes (SPEC §13, §14): an alarm whose run is cut short by a dying
+worker or supervisor runs again; the injected `during_alarm` crash point works."""
+
+import pytest
+
+from tests.integration.test_alarms import (
+    APP,
+    FAST_BASE,
+    index_entry,
+    now_ms,
+    wait_firings,
+    wait_for,
+    wait_settled,
+)
+
+pytestmark = pytest.mark.stateroom(config=APP, workers=2, fault_injection=True)
+
+
+@pytest.fixture(autouse=True)
+def fast_retries(monkeypatch):
+    monkeypatch.setenv("STATEROOM_ALARM_RETRY_BASE", str(FAST_BASE))
+
+
+async def test_worker_crash_at_during_alarm_is_retried(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("injected")
+    await rt.inject("during_alarm", stub)
+    when = now_ms() + 200
+    await stub.set_alarm(when)
+    [run] = await wait_firings(stub, 1)
+    # The crashed attempt died before the handler recorded anything.
+    assert (run["retry"], run["is_retry"], run["scheduled"]) == (1, True, when)
+    assert run.get("done")
+    await wait_settled(rt, stub)
+
+
+async def test_worker_killed_while_the_handler_runs_is_retried(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("killed-worker")
+    await stub.configure(sleep_first_s=30)
+    await stub.set_alarm(now_ms())
+
+    async def running():
+        return (await index_entry(rt, stub))["running"]
+
+    await wait_for("the first alarm run to start", running)
+    await wait_for("the first run to record itself", stub.firings)
+    await rt.kill_worker(stub)
+    runs = await wait_firings(stub, 2)
+    assert [r["retry"] for r in runs] == [0, 1]
+    assert "done" not in runs[0] and runs[1].get("done")
+    await wait_settled(rt, stub)
+
+
+async def test_alarm_cut_short_by_a_supervisor_kill_runs_again(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("killed-supervisor")
+    await stub.configure(sleep_first_s=30)
+    await stub.set_alarm(now_ms())
+    await wait_for("the first run to record itself", stub.firings)
+    await rt.restart(kill=True)
+    stub = rt.namespace("ALARMS").get_by_name("killed-supervisor")
+
+    async def completed():
+        runs = await stub.firings()
+        return runs if any(r.get("done") for r in runs) else None
+
+    runs = await wait_for("a complete alarm run after the restart", completed)
+    assert len(runs) == 2 and "done" not in runs[0]
+    await wait_settled(rt, stub)

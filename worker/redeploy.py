@@ -31,6 +31,7 @@ from __future__ import annotations
 from typing import Any
 
 import trio
+
 from stateroom._errors import BindingNotFoundError
 from stateroom._protocol import Target
 

@@ -94,3 +94,42 @@ def write_app(
         toml.append("")
     (folder / "stateroom.toml").write_text("\n".join(toml))
     return folder / "stateroom.toml"
+
+
+ROOM = '''
+import trio
+from stateroom import DurableObject, Response, WebSocketPair
+
+VERSION = {version!r}
+
+
+class Room(DurableObject):
+    def __init__(self, ctx, env):
+        super().__init__(ctx, env)
+        self.constructed_by = VERSION
+
+    async def fetch(self, request):
+        client, server = WebSocketPair()
+        self.ctx.accept_web_socket(server)
+        return Response(status=101, web_socket=client)
+
+    async def web_socket_message(self, ws, message):
+        ws.send(f"{{VERSION}}:{{message}}")
+
+    async def version(self):
+        return VERSION
+'''
+
+
+def write_room_app(folder: Path, *, version: str, class_name: str = "Room", renamed_from: str | None = None) -> Path:
+    """An app with one WebSocket room class; replies carry the code version."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "app.py").write_text(ROOM.format(version=version).replace("class Room(", f"class {class_name}("))
+    toml = (
+        'name = "rooms"\nmain = "app.py"\n\n[[durable_objects.bindings]]\nname = "ROOM"\n'
+        f'class_name = "{class_name}"\n\n[[migrations]]\ntag = "v1"\nnew_sqlite_classes = ["{renamed_from or class_name}"]\n'
+    )
+    if renamed_from:
+        toml += f'\n[[migrations]]\ntag = "v2"\nrenamed_classes = [{{from = "{renamed_from}", to = "{class_name}"}}]\n'
+    (folder / "stateroom.toml").write_text(toml)
+    return folder / "stateroom.toml"

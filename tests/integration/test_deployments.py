@@ -10,9 +10,9 @@ import sys
 
 import httpx
 import pytest
-import stateroom
 import trio
 
+import stateroom
 from tests.conftest import APPS
 from tests.integration.appgen import write_app
 
@@ -267,3 +267,22 @@ async def test_module_the_server_cannot_unpickle_is_a_400_and_old_code_keeps_ser
     assert [d["version"] for d in await rt.client.deployments()] == [1]
     assert not (rt.data / "deployments" / "000002.bundle").exists()
     assert await rt.namespace("COUNTER").get_by_name("x").version() == "v1"
+
+
+@pytest.mark.stateroom(workers=1)
+async def test_rollback_across_a_rename_is_refused_naming_the_class_and_changes_nothing(
+    stateroom_runtime, tmp_path
+):
+    rt = stateroom_runtime
+    v1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
+    await rt.deploy(write_app(tmp_path / "v1", version="v1", migrations=v1))
+    await rt.namespace("COUNTER").get_by_name("k").increment(2)
+    await rt.deploy(write_app(
+        tmp_path / "v2", version="v2", classes=("Tally",), bindings={"COUNTER": "Tally"},
+        migrations=v1 + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
+    ))
+    with pytest.raises(stateroom.DeployError, match="cannot roll back to version 1: .*'Counter'"):
+        await rt.client.rollback()
+    assert len(await rt.client.deployments()) == 2
+    assert await rt.namespace("COUNTER").get_by_name("k").get() == 2
+    assert await rt.namespace("COUNTER").get_by_name("k").version() == "v2"

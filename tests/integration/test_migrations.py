@@ -8,9 +8,9 @@ import subprocess
 import sys
 
 import pytest
-import stateroom
 import trio
 
+import stateroom
 from tests.integration.appgen import write_app
 
 V1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
@@ -230,3 +230,33 @@ async def test_deploy_dry_run_prints_the_plan_and_changes_nothing(stateroom_runt
     assert out.returncode != 0
     assert "'Counter' still has data" in out.stderr
     assert (await rt.client.deployments(), bundle_files(rt)) == before[:2]
+
+
+@pytest.mark.stateroom(workers=1)
+async def test_deleting_a_class_fails_its_busy_objects_calls_and_removes_their_files(
+    stateroom_runtime, tmp_path
+):
+    rt = stateroom_runtime
+    both = {"COUNTER": "Counter", "OTHER": "Other"}
+    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO))
+    other = rt.namespace("OTHER").get_by_name("busy")
+    await other.increment(1)
+    [path] = (rt.data / "objects").rglob(f"{other.id}.sqlite")
+    started = tmp_path / "started"
+    errors: list[BaseException] = []
+
+    async def hold() -> None:
+        try:
+            await other.hold(str(started), str(tmp_path / "never"))
+        except stateroom.DurableObjectError as exc:
+            errors.append(exc)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(hold)
+        with trio.fail_after(20):
+            while not started.exists():
+                await trio.sleep(0.01)
+        await rt.deploy(write_app(tmp_path / "b", classes=("Counter",),
+                                  migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]))
+    assert len(errors) == 1, "the call in flight on a deleted class must fail, not hang"
+    assert not path.parent.exists(), f"{path.parent} survived the deletion of its class"

@@ -111,8 +111,11 @@ class Redeployer:
         with trio.move_on_after(self.grace):
             while host.inflight or host.waiting:
                 await host.settled.park()
-        if not host.stale or host.instance is None:
-            return  # reset meanwhile: the next event constructs the new class anyway
+        if host.instance is None:
+            host.stale = False  # reset meanwhile: the next event constructs the new class
+            return
+        if not host.stale:
+            return
         host.stale = False
         if host.inflight or host.waiting:
             host.reset(

@@ -261,6 +261,7 @@ class Worker:
         if cls is None:
             raise BindingNotFoundError(f"class {host.target.class_name!r} is no longer deployed")
         host.cls = cls
+        host.stale = False  # built from the current deployment (see redeploy.py)
         self.pitr.before_open(host)
         ctx = ObjectState(host, DurableObjectId(host.target.id, host.target.name))
         host.ctx = ctx

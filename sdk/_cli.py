@@ -70,6 +70,8 @@ def cmd_deploy(args: argparse.Namespace) -> None:
     if args.dry_run:
         plan = result["plan"]
         print("dry run: nothing was changed")
+        if result.get("version") is not None:
+            print(f"  would deploy version {result['version']} (the code loaded in a worker)")
         print(f"  migrations to apply: {', '.join(plan['apply']) or 'none'}")
         for c in plan["create"]:
             print(f"  create class {c}")
@@ -77,7 +79,7 @@ def cmd_deploy(args: argparse.Namespace) -> None:
             print(f"  rename class {a} -> {b} (ids and data kept)")
         for c in plan["delete"]:
             print(f"  delete class {c} and all its objects")
-        print(f"  bindings: {', '.join(f'{b}={c}' for b, c in result['bindings'].items())}")
+        print(f"  bindings: {', '.join(f'{b}={c}' for b, c in result['bindings'].items()) or 'none'}")
     else:
         print(f"deployed version {result['version']}" + (f" (migrations: {', '.join(result['applied'])})" if result["applied"] else ""))
 

@@ -40,7 +40,6 @@ import math
 import time
 from typing import Any
 
-import apsw
 import trio
 
 from stateroom import _codec
@@ -50,6 +49,7 @@ from stateroom._protocol import AlarmSet, Reply, RunAlarm
 
 from .catalog import ObjectHost
 from .storage import META_TABLE
+from .storage_api import _wrote as wrote
 
 # A failing handler is retried at most this many times (SPEC §5).
 MAX_RETRIES = 6
@@ -118,21 +118,19 @@ class AlarmStore:
     def stored(self, host: ObjectHost) -> int | None:
         """The alarm in the object's database (including uncommitted writes), or None."""
         conn = host.db.open(create=False)
-        if conn is None:
+        if conn is None or not conn.table_exists("main", META_TABLE):
             return None
-        try:
-            for (value,) in conn.execute(f"SELECT value FROM {META_TABLE} WHERE key='alarm'"):
-                return int(value)
-        except apsw.SQLError:  # no meta table: no alarm
-            return None
+        for (value,) in conn.execute(f"SELECT value FROM {META_TABLE} WHERE key='alarm'"):
+            return int(value)
         return None
 
     def _write(self, host: ObjectHost, ms: int | None) -> None:
         """Store (or, with None, remove) the alarm row in the open transaction."""
         if ms is None and self.stored(host) is None:
             return
-        host.note_write()
         conn = host.db.write_conn()
+        wrote(host)
+        host.counters.rows_written += 1
         if ms is None:
             conn.execute(f"DELETE FROM {META_TABLE} WHERE key='alarm'")
             for _ in conn.execute(f"SELECT 1 FROM {META_TABLE} LIMIT 1"):

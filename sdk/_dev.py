@@ -2,8 +2,9 @@
 
 The dev process is a client of its own runtime. It starts the supervisor as a child
 process (`python -m stateroom.supervisor <serve flags>`; user code never runs there),
-passes its `stateroom listening on http://HOST:PORT` line through, deploys the app,
-then watches the app's folder (watchfiles) and redeploys after every change to a
+deploys the app, prints the supervisor's `stateroom listening on http://HOST:PORT`
+line (after the first deploy was tried, so the app answers once it appears), then
+watches the app's folder (watchfiles) and redeploys after every change to a
 `.py` or `.toml` file. Like `stateroom deploy`, it imports the app module only to
 pickle it; the runtime runs the code in its workers.
 
@@ -161,6 +162,7 @@ class DevSession:
             try:
                 async with connect(self.url, token) as client:
                     await self.deploy(client, "initial deploy")
+                    print(f"stateroom listening on {self.url}", flush=True)
                     await self.watch(client)
             except Exception as exc:  # noqa: BLE001 - one clear line, then stop the server
                 self.warn(f"{type(exc).__name__}: {exc}")
@@ -197,10 +199,13 @@ class DevSession:
             while b"\n" in buf:
                 line, buf = buf.split(b"\n", 1)
                 text = line.decode("utf-8", "replace")
-                print(text, flush=True)
                 if self.url is None and text.startswith("stateroom listening on "):
+                    # Printed by `run` once the first deploy was tried, so whoever
+                    # waits for this line finds the app deployed.
                     self.url = text.split(" on ", 1)[1].strip()
                     self.listening.set()
+                    continue
+                print(text, flush=True)
 
     async def _watch_process(self, nursery: trio.Nursery) -> None:
         assert self.process is not None

@@ -24,9 +24,9 @@ Storage cost. `stored_bytes` is a level, not a counter: each minute row holds th
 object's size when last reported in that minute, and the size holds until the
 next row (a deleted object gets a row of size 0). Storage is billed as the time
 integral of that step function over the window, in GB-months:
-`Σ size × seconds / 10^9 / (30 × 86400)`, times `stored_gb_month`. (A size counts
-from the start of the minute of its row, so an object may pay for up to a minute
-more than it held the bytes.)
+`Σ size × seconds / 10^9 / (30 × 86400)`, times `stored_gb_month`. A size counts
+from the end of the minute in which it was reported (storage is charged for whole
+minutes held, so a change of size takes effect up to a minute late).
 
 Windows. Usage is kept per minute, so a billing window `[since, until)` covers
 every minute it overlaps. Deltas not persisted yet are included in every answer,
@@ -525,7 +525,7 @@ class Meters:
             for minute, v in sorted(series.get(key, {}).items()):
                 for i in range(6):
                     acc[i] += v[i]
-                at = min(max(minute * 60.0, since_t), storage_end)
+                at = min(max((minute + 1) * 60.0, since_t), storage_end)
                 byte_s += size * max(0.0, at - t)
                 t = max(t, at)
                 size = int(v[6])

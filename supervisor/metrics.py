@@ -55,12 +55,12 @@ class _Snapshot:
             for cls, figures in sorted(self.by_class.items()):
                 fam.add_metric([cls], float(figures.get(key, 0)))
             yield fam
-        fam = GaugeMetricFamily(
+        stored = GaugeMetricFamily(
             "stateroom_stored_bytes", "Bytes objects store on disk.", labels=["class"]
         )
         for cls, figures in sorted(self.by_class.items()):
-            fam.add_metric([cls], float(figures.get("stored_bytes", 0)))
-        yield fam
+            stored.add_metric([cls], float(figures.get("stored_bytes", 0)))
+        yield stored
         procs = [p for p in self.processes if p.get("pid") is not None]
         cpu = CounterMetricFamily(
             "stateroom_process_cpu_seconds", "CPU seconds (user + system) of the process.",

@@ -38,11 +38,16 @@
     const opts = {
       width: Math.max(320, el.clientWidth - 4), height: 220,
       series, scales: { x: { time: true } },
-      axes: [{}, { size: 60, values: (u, vals) => vals.map(fmt) }],
+      axes: [{}, { size: 70, values: (u, vals) => vals.map(fmt) }],
       legend: { live: true },
     };
     const data = [[]].concat(labels.map(() => []));
     state.charts[name] = new uPlot(opts, data, el);
+  }
+
+  function fmtUsd(v) {
+    if (v === 0) return "0";
+    return Math.abs(v) < 0.01 ? v.toExponential(1) : v.toFixed(3);
   }
 
   function buildCharts() {
@@ -50,7 +55,7 @@
     makeChart("cpu", $("chart-cpu"), k, (v) => v.toFixed(1));
     makeChart("rss", $("chart-rss"), k, (v) => v.toFixed(0));
     makeChart("rps", $("chart-rps"), ["requests/s", "ws messages/s"], (v) => v.toFixed(1));
-    makeChart("cost", $("chart-cost"), ["USD/min"], (v) => v.toPrecision(3));
+    makeChart("cost", $("chart-cost"), ["USD/min"], fmtUsd);
   }
 
   function push(arr, v) { arr.push(v); if (arr.length > KEEP) arr.shift(); }
@@ -136,7 +141,7 @@
       const tr = document.createElement("tr");
       const name = g.name ?? (g.object ? g.object.slice(0, 12) + "…" : "-");
       tr.append(cell(name), cell(g.class, "l"), cell(g.cpu_ms.toFixed(1)),
-        cell(String(g.requests)), cell(String(g.ws_messages_in)), cell(g.cost_usd.toPrecision(3)));
+        cell(String(g.requests)), cell(String(g.ws_messages_in)), cell(fmtUsd(g.cost_usd)));
       return tr;
     }));
     state.busiest = top.length;

@@ -30,6 +30,7 @@ class Room(DurableObject):
         ctx.storage.kv.put("constructed", self.constructed)
         # Handles seen by the constructor, with their attachments (hibernation check).
         self.seen = {ws: ws.deserialize_attachment() for ws in ctx.get_web_sockets()}
+        self.fresh = True
 
     async def fetch(self, request):
         if request.headers.get("upgrade", "").lower() != "websocket":
@@ -45,6 +46,11 @@ class Room(DurableObject):
         return Response(status=101, web_socket=client, headers=headers)
 
     async def web_socket_message(self, ws, message):
+        if self.fresh:
+            # Which message woke this instance (an auto-response never does).
+            self.fresh = False
+            woken = self.ctx.storage.kv.get("woken_by") or []
+            self.ctx.storage.kv.put("woken_by", woken + [message if isinstance(message, str) else "<bytes>"])
         if isinstance(message, bytes):
             ws.send(message)
             return
@@ -64,8 +70,17 @@ class Room(DurableObject):
         elif cmd == "attachment":
             ws.send(json.dumps(ws.deserialize_attachment()))
         elif cmd == "attach":
-            ws.serialize_attachment(json.loads(rest))
-            ws.send("attached")
+            try:
+                ws.serialize_attachment(json.loads(rest))
+            except (TypeError, ValueError) as exc:
+                ws.send(f"refused:{type(exc).__name__}:{exc}")
+            else:
+                ws.send("attached")
+        elif cmd == "big":
+            try:
+                ws.send("x" * int(rest))
+            except ValueError as exc:
+                ws.send(f"refused:{type(exc).__name__}:{exc}")
         elif cmd == "info":
             info = await self.info()
             info["seen_by_constructor"] = self.seen.get(ws)
@@ -106,6 +121,7 @@ class Room(DurableObject):
             "sockets": len(self.ctx.get_web_sockets()),
             "closes": self.ctx.storage.kv.get("closes") or [],
             "errors": self.ctx.storage.kv.get("errors") or [],
+            "woken_by": self.ctx.storage.kv.get("woken_by") or [],
         }
 
 

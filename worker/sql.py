@@ -97,7 +97,8 @@ class SqlStorage:
         host = self._host
         columns, rows, read, written = host.db.sql_exec(query, bindings)
         host.note_write()
-        if host.txn_depth and not host.gate.held_by_current_task():
+        gate = host.gate
+        if host.txn_depth and gate.locked() and not gate.held_by_current_task():
             host.txn_foreign_writes = True
         host.counters.rows_read += read
         host.counters.rows_written += written

@@ -30,7 +30,16 @@ raises `StorageLockedError` (retryable).
 Limits (SPEC §5), enforced before anything is written or by SQLite's own limits:
 key <= 2,048 UTF-8 bytes, encoded value <= 2 MiB, 128 keys per batch, SQL text <=
 100,000 bytes, <= 100 bound parameters, row <= 2 MiB (`SQLITE_LIMIT_LENGTH`),
-database <= `max_db_bytes` (`PRAGMA max_page_count`).
+database <= `max_db_bytes`.
+
+The database limit is checked before a write rather than left to SQLite alone,
+because SQLite answers SQLITE_FULL on a simple statement by rolling back the whole
+transaction (the other writes of the turn with it). A KV write that would take the
+database past the limit is refused up front (its size is known); SQL runs inside a
+savepoint when the database is within `_FULL_SLACK` of the limit and is rolled
+back if it grew past it. `PRAGMA max_page_count` at limit + `_FULL_SLACK` is the
+backstop; a single statement that jumps past it still loses the turn (the object
+is reset).
 """
 
 from __future__ import annotations
@@ -48,7 +57,7 @@ import apsw
 from stateroom import _codec
 from stateroom._errors import DurableObjectError, SqlError
 
-from .sqlpolicy import Policy, mentions_reserved
+from .sqlpolicy import RESERVED_PREFIX, Policy, mentions_reserved
 
 KV_TABLE = "_stateroom_kv"
 META_TABLE = "_stateroom_meta"
@@ -62,6 +71,10 @@ MAX_ROW_BYTES = 2 * 1024 * 1024
 # A KV row holds a key and a value at their limits plus record overhead.
 _KV_ROW_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 1024
 DEFAULT_MAX_DB_BYTES = 10 * 1024**3
+# Headroom between the database limit and SQLite's hard max_page_count.
+_FULL_SLACK = 2 * MAX_ROW_BYTES
+# Cached runtime statement (it names the reserved prefix, so user SQL never hits it).
+_PAGE_COUNT = "PRAGMA page_count /* _stateroom_ */"
 
 _FULLSCAN = "SQLITE_STMTSTATUS_FULLSCAN_STEP"
 _TRACE_ID = "stateroom-rows"
@@ -167,6 +180,8 @@ class Database:
         self.on_txn_lost: Callable[[str], None] = _ignore
         self.policy = Policy()
         self.history = history
+        # Page size of the open database (set at open).
+        self._page_size = 4096
 
     # ------------------------------------------------------------- lifecycle
 
@@ -213,7 +228,8 @@ class Database:
         x("PRAGMA synchronous=" + ("FULL" if self.durability == "full" else "NORMAL"))
         x("PRAGMA foreign_keys=ON")
         page_size = int(x("PRAGMA page_size"))
-        x(f"PRAGMA max_page_count={max(2, self.max_db_bytes // page_size)}")
+        self._page_size = page_size
+        x(f"PRAGMA max_page_count={max(2, (self.max_db_bytes + _FULL_SLACK) // page_size)}")
         conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
         conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_BINDINGS)
         conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
@@ -312,12 +328,18 @@ class Database:
             self.in_txn = False
             self.on_txn_lost(f"SQLite rolled back the transaction: {exc}")
 
+    def used_bytes(self) -> int:
+        """Logical size of the open database (pages in use, WAL included)."""
+        assert self.conn is not None
+        return int(self.conn.execute(_PAGE_COUNT).get) * self._page_size
+
+    def full_message(self) -> str:
+        return f"database is full: the limit is {self.max_db_bytes:,} bytes (--max-db-bytes)"
+
     def limit_error(self, exc: apsw.Error) -> str | None:
         """A message naming the limit `exc` hit, or None."""
         if isinstance(exc, apsw.FullError):
-            return (
-                f"database is full: the limit is {self.max_db_bytes:,} bytes (--max-db-bytes)"
-            )
+            return self.full_message()
         if isinstance(exc, apsw.TooBigError):
             return f"row too big: the limit is {MAX_ROW_BYTES:,} bytes (2 MiB) per row ({exc})"
         return None
@@ -356,6 +378,9 @@ class Database:
         if not rows:
             return 0
         conn = self.write_conn()
+        estimate = sum(len(k) + len(v) + 64 for k, v in rows)
+        if self.used_bytes() + estimate > self.max_db_bytes:
+            raise ValueError(self.full_message())
         try:
             with self._atomic(len(rows) > 1):
                 conn.executemany(
@@ -522,7 +547,8 @@ class Database:
                 apsw.SQLITE_RANGE,
             )
         statements = split_statements(query)
-        cache = not mentions_reserved(query)
+        reserved = mentions_reserved(query)
+        cache = not reserved
         conn = self.write_conn()
         policy = self.policy
         scanned = [0]
@@ -541,11 +567,13 @@ class Database:
             return True
 
         returned = 0
+        used = self.used_bytes()
+        near_full = used + _FULL_SLACK > self.max_db_bytes
         before = conn.total_changes()
         conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, on_profile, id=_TRACE_ID)
         conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
         try:
-            with self._atomic(len(statements) > 1):
+            with self._atomic(len(statements) > 1 or reserved or near_full):
                 policy.user = True
                 policy.refused = None
                 try:
@@ -557,6 +585,10 @@ class Database:
                     rows = list(cursor.execute(statements[-1], bindings, can_cache=cache))
                 finally:
                     policy.user = False
+                if reserved:
+                    self._refuse_reserved_definitions(conn)
+                if near_full and self.used_bytes() > max(used, self.max_db_bytes):
+                    raise apsw.FullError("database or disk is full")
         except apsw.Error as exc:
             raise self._sql_error(exc) from None
         finally:
@@ -565,12 +597,23 @@ class Database:
         written = conn.total_changes() - before
         return columns, rows, scanned[0] + returned + len(rows), written
 
+    def _refuse_reserved_definitions(self, conn: apsw.Connection) -> None:
+        """Views and triggers are not resolved when created: refuse any naming a reserved table."""
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type IN ('view', 'trigger')"
+            " AND instr(lower(sql), ?) > 0",
+            (RESERVED_PREFIX,),
+        ):
+            self.policy.refused = f"{name} refers to a reserved table"
+            raise apsw.AuthError(f"not authorized: {name} refers to a reserved table")
+
     def _sql_error(self, exc: apsw.Error) -> SqlError:
         code = getattr(exc, "result", None)
         message = self.limit_error(exc)
         if isinstance(exc, apsw.AuthError):
             what = self.policy.refused
             message = "not authorized" + (f": {what}" if what else "")
+            code = apsw.SQLITE_AUTH
         elif "cannot VACUUM" in str(exc):
             # SQLite refuses VACUUM in a transaction before consulting the authorizer.
             message, code = "not authorized: VACUUM", apsw.SQLITE_AUTH

@@ -36,7 +36,8 @@ class _Rollback(Exception):
 
 def _wrote(host: ObjectHost) -> None:
     host.note_write()
-    if host.txn_depth and not host.gate.held_by_current_task():
+    gate = host.gate
+    if host.txn_depth and gate.locked() and not gate.held_by_current_task():
         host.txn_foreign_writes = True
 
 

@@ -136,6 +136,7 @@ class Supervisor:
             lambda: [os.getpid(), *(w.pid for w in self.pool.workers if w.pid is not None)]
         )
         self.extensions: list[Any] = []
+        deps.sweep_leftovers(self.db, self.data_dir)
         latest = self.db.latest_deployment()
         if latest is not None:
             self._set_current(latest)

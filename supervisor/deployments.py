@@ -280,6 +280,23 @@ def read_bundle(data_dir: Path, version: int) -> bytes:
     return bundle_path(data_dir, version).read_bytes()
 
 
+def sweep_leftovers(db: RuntimeDB, data_dir: Path) -> None:
+    """At startup: remove what a supervisor crash in the middle of a deploy left behind.
+
+    That is the object folders of deleted classes (removed only after activation)
+    and bundle files of deployments that were never recorded.
+    """
+    for (key,) in db.conn.execute("SELECT key FROM namespaces WHERE deleted IS NOT NULL"):
+        shutil.rmtree(data_dir / "objects" / str(key), ignore_errors=True)
+    recorded = {d["version"] for d in db.deployments()}
+    folder = data_dir / "deployments"
+    if folder.is_dir():
+        for path in folder.iterdir():
+            stem = path.name.split(".", 1)[0]
+            if stem.isdigit() and int(stem) not in recorded:
+                path.unlink(missing_ok=True)
+
+
 def remove_folders(folders: list[Path]) -> None:
     for f in folders:
         shutil.rmtree(f, ignore_errors=True)

@@ -260,3 +260,26 @@ async def test_deleting_a_class_fails_its_busy_objects_calls_and_removes_their_f
                                   migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]))
     assert len(errors) == 1, "the call in flight on a deleted class must fail, not hang"
     assert not path.parent.exists(), f"{path.parent} survived the deletion of its class"
+
+
+@pytest.mark.stateroom(workers=1)
+async def test_restart_sweeps_files_a_crash_mid_deploy_left_behind(stateroom_runtime, tmp_path):
+    rt = stateroom_runtime
+    both = {"COUNTER": "Counter", "OTHER": "Other"}
+    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO))
+    other = rt.namespace("OTHER").get_by_name("gone")
+    await other.increment(1)
+    [path] = (rt.data / "objects").rglob(f"{other.id}.sqlite")
+    await rt.deploy(write_app(tmp_path / "b", classes=("Counter",),
+                              migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]))
+    await rt.stop(kill=True)
+    # What a kill -9 between recording a deploy and finishing it can leave behind.
+    path.parent.mkdir(parents=True)
+    path.write_bytes(b"stale")
+    orphan = rt.data / "deployments" / "000007.bundle"
+    orphan.write_bytes(b"never recorded")
+    await rt.start(rt._nursery)
+    assert not path.parent.exists()
+    assert not orphan.exists()
+    assert bundle_files(rt) == ["000001.bundle", "000002.bundle"]
+    assert await rt.namespace("COUNTER").get_by_name("c").increment() == 1

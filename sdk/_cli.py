@@ -185,6 +185,29 @@ def cmd_top(args: argparse.Namespace) -> None:
     run_top(url, token, interval=args.interval, once=args.once)
 
 
+def _object_positionals(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+    """Assign NAME_OR_ID and FILE of `objects delete|export|import`.
+
+    argparse stops filling positionals at the first option, so `export B --name N
+    FILE` leaves FILE among the unknown arguments; take positionals in order.
+    """
+    if any(e.startswith("-") for e in extra):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    pos = [p for p in (args.name_or_id, getattr(args, "file", None)) if p is not None] + extra
+    if args.name is None:
+        if not pos:
+            parser.error(f"objects {args.action}: give NAME_OR_ID or --name NAME")
+        args.name_or_id = pos.pop(0)
+    else:
+        args.name_or_id = None
+    if args.action != "delete":
+        if not pos:
+            parser.error(f"objects {args.action}: FILE is required")
+        args.file = pos.pop(0)
+    if pos:
+        parser.error(f"unrecognized arguments: {' '.join(pos)}")
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "serve":
@@ -246,15 +269,11 @@ def main(argv: list[str] | None = None) -> None:
         _client_flags(q)
     p.set_defaults(fn=cmd_objects)
 
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
     if args.command == "objects" and args.action != "list":
-        if args.action != "delete" and args.name is not None and args.file is None:
-            # `export BINDING --name N FILE`: the first positional is the file.
-            args.file, args.name_or_id = args.name_or_id, None
-        if (args.name is None) == (args.name_or_id is None):
-            parser.error(f"objects {args.action}: give NAME_OR_ID or --name NAME (one of them)")
-        if args.action != "delete" and args.file is None:
-            parser.error(f"objects {args.action}: FILE is required")
+        _object_positionals(parser, args, extra)
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.fn(args)
     except KeyboardInterrupt:

@@ -321,7 +321,14 @@ class ObjectHost:
     # ------------------------------------------------------------- idleness
 
     def is_idle(self) -> bool:
-        return not self.queue and not self.inflight and not self.waiting and not self.gate.locked()
+        # runner_active covers an event popped from the queue but not yet in flight.
+        return (
+            not self.queue
+            and not self.runner_active
+            and not self.inflight
+            and not self.waiting
+            and not self.gate.locked()
+        )
 
     def idle_for(self) -> float:
         if not self.is_idle():

@@ -43,7 +43,7 @@ from typing import Any
 import trio
 
 from stateroom import _codec
-from stateroom._errors import ObjectResetError, error_to_fields
+from stateroom._errors import DurableObjectError, ObjectResetError, error_to_fields
 from stateroom._object import AlarmInfo
 from stateroom._protocol import AlarmSet, Reply, RunAlarm
 
@@ -190,6 +190,11 @@ class AlarmStore:
         # Announced even when nothing was stored: it also clears a stale index entry.
         self._announce(host)
 
+    def on_state_replaced(self, host: ObjectHost) -> None:
+        """The whole database was replaced (import, point-in-time restore): report
+        whatever alarm it holds now, so the index follows it."""
+        self._announce(host)
+
     # ------------------------------------------------------------- firing
 
     async def serve_run(self, msg: RunAlarm) -> None:
@@ -240,6 +245,9 @@ class AlarmStore:
         # Due: its time has come, or it already ran (forced) and failed: this is a retry.
         if stored is None or (stored > now_ms() and not msg.force and not retry):
             return {"ran": False, "alarm": stored}
+        if instance is None:
+            # Not constructed (evicted or reset before the event started): nothing ran.
+            raise DurableObjectError("the object was not live; its alarm runs again", retryable=True)
         handler = getattr(instance, "alarm", None)
         if handler is None:
             self.worker.log(

@@ -1,0 +1,210 @@
+"""Alarms (issue 5 targets), with baselines measured in the same run.
+
+(a) 10,000 alarms over 1,000 objects due within 10 s (each object runs 10 alarms,
+    1 s apart, the objects staggered so 1,000 fall due every second; each handler
+    sets the object's next alarm): lateness = handler start - scheduled time,
+    p50 / p99 / max, and firings/s.                        target: p99 <= 50 ms
+    Run twice: objects kept in memory ("warm"), and evicted between alarms
+    (`--evict-after 0.3`, "cold": every alarm re-opens the database and re-runs the
+    constructor).
+    Baseline: the round trip of one RPC to the same objects (SDK client -> object
+    -> reply), the cost of delivering any event.
+(b) Idle CPU of the supervisor with 100,000 future alarms pending (objects
+    evicted), against the same supervisor idle before any alarm was set; plus its
+    RSS and the time a restart takes to load the index.      target: idle CPU ~ 0
+
+Usage: python bench/alarms.py [--objects 1000] [--per-object 10] [--pending 100000]
+                              [--idle-seconds 10] [--workers N] [--skip-idle]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import trio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import pct, print_table  # noqa: E402
+
+from stateroom.testing import open_runtime  # noqa: E402
+
+APP = str(Path(__file__).resolve().parent / "apps" / "alarms" / "stateroom.toml")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+async def run_all(items: list[Any], fn: Any, concurrency: int = 64) -> list[Any]:
+    """`await fn(item)` for every item, `concurrency` at a time; results in order."""
+    results: list[Any] = [None] * len(items)
+    limiter = trio.CapacityLimiter(concurrency)
+
+    async def one(i: int) -> None:
+        async with limiter:
+            results[i] = await fn(items[i])
+
+    async with trio.open_nursery() as nursery:
+        for i in range(len(items)):
+            nursery.start_soon(one, i)
+    return results
+
+
+async def index_stats(rt: Any) -> dict[str, Any]:
+    async with httpx.AsyncClient(
+        base_url=rt.url, headers={"authorization": f"Bearer {rt.token}"}
+    ) as http:
+        return (await http.get("/_stateroom/v1/alarms")).json()
+
+
+def cpu_seconds(proc: psutil.Process) -> float:
+    t = proc.cpu_times()
+    return t.user + t.system
+
+
+async def lateness_case(args: argparse.Namespace, label: str, **flags: Any) -> list[dict]:
+    async with open_runtime(workers=args.workers, config=APP, **flags) as rt:
+        ns = rt.namespace("TICKER")
+        stubs = [ns.get_by_name(f"t{i}") for i in range(args.objects)]
+        await run_all(stubs, lambda s: s.ping())
+        rpc = []
+        for s in stubs:
+            t = time.perf_counter()
+            await s.ping()
+            rpc.append((time.perf_counter() - t) * 1000)
+
+        per, spacing = args.per_object, 1000
+        t0 = now_ms() + 4000
+        plans = [
+            [t0 + k * spacing + (i * spacing) // args.objects for k in range(per)]
+            for i in range(args.objects)
+        ]
+        setup = time.perf_counter()
+        await run_all(list(range(args.objects)), lambda i: stubs[i].start(plans[i]))
+        setup = time.perf_counter() - setup
+        sup = psutil.Process(rt.process.pid)
+        cpu0 = cpu_seconds(sup)
+        with trio.fail_after(4 + per + 60):
+            while True:
+                await trio.sleep(0.25)
+                stats = await index_stats(rt)
+                if stats["pending"] == 0 and stats["running"] == 0 and now_ms() > plans[-1][-1]:
+                    break
+        sup_cpu = cpu_seconds(sup) - cpu0
+        results = await run_all(stubs, lambda s: s.result())
+    late = [x for r in results for x in r]
+    counts = [len(r) for r in results]
+    runs = len(late)
+    window = (plans[-1][-1] - plans[0][0]) / 1000
+    return [
+        {
+            "case": f"(a) {label}: {runs:,} alarm runs over {args.objects:,} objects",
+            "p50 ms": pct(late, 50),
+            "p99 ms": pct(late, 99),
+            "max ms": max(late) if late else float("nan"),
+            "firings/s": runs / window,
+            "notes": f"exactly {per} runs per object: {counts.count(per)}/{len(counts)};"
+            f" early: {sum(1 for x in late if x < 0)}; set-up {setup:.1f} s;"
+            f" supervisor CPU {100 * sup_cpu / window:.0f} % of a core",
+            "target": "p99 <= 50 ms",
+        },
+        {
+            "case": f"    baseline ({label}): one RPC round trip",
+            "p50 ms": pct(rpc, 50),
+            "p99 ms": pct(rpc, 99),
+            "max ms": max(rpc),
+            "firings/s": None,
+            "notes": "SDK client -> supervisor -> worker -> object -> reply",
+            "target": "",
+        },
+    ]
+
+
+async def idle_cpu(procs: list[psutil.Process], seconds: float) -> float:
+    """Percent of one core the processes used together over `seconds`."""
+    before = sum(cpu_seconds(p) for p in procs)
+    await trio.sleep(seconds)
+    return 100 * (sum(cpu_seconds(p) for p in procs) - before) / seconds
+
+
+async def idle_case(args: argparse.Namespace) -> list[dict]:
+    n = args.pending
+    async with open_runtime(workers=args.workers, config=APP, evict_after=2) as rt:
+        sup = psutil.Process(rt.process.pid)
+        await trio.sleep(3)  # let start-up settle before the baseline
+        base_cpu = await idle_cpu([sup], args.idle_seconds)
+        base_rss = sup.memory_info().rss
+        far = now_ms() + 30 * 86400 * 1000
+        chunk = 1000
+        seeders = [rt.namespace("TICKER").get_by_name(f"seeder-{j}") for j in range(n // chunk)]
+        t = time.perf_counter()
+        done = [0]
+
+        async def seed(j: int) -> None:
+            await seeders[j].seed("p", j * chunk, chunk, far)
+            done[0] += chunk
+            if done[0] % 20000 == 0:
+                print(f"  seeded {done[0]:,} alarms ({time.perf_counter() - t:.0f} s)", flush=True)
+
+        await run_all(list(range(len(seeders))), seed, concurrency=4)
+        seed_s = time.perf_counter() - t
+        stats = await index_stats(rt)
+        # Wait for every object to be evicted: nothing but the index is left.
+        with trio.fail_after(120):
+            while True:
+                procs = await rt.processes()
+                if all(p["objects_active"] == 0 for p in procs if p["role"] == "worker"):
+                    break
+                await trio.sleep(0.5)
+        await trio.sleep(3)
+        pending_cpu = await idle_cpu([sup], args.idle_seconds)
+        pending_rss = sup.memory_info().rss
+        t = time.perf_counter()
+        await rt.restart()
+        restart_s = time.perf_counter() - t
+        after = await index_stats(rt)
+    return [
+        {
+            "case": "(b) supervisor idle, no alarms (baseline)",
+            "idle CPU %": base_cpu,
+            "RSS MiB": base_rss / 2**20,
+            "notes": "",
+            "target": "",
+        },
+        {
+            "case": f"(b) supervisor idle, {stats['pending']:,} future alarms pending",
+            "idle CPU %": pending_cpu,
+            "RSS MiB": pending_rss / 2**20,
+            "notes": f"set in {seed_s:.0f} s ({n / seed_s:,.0f}/s); restart with the index:"
+            f" {restart_s:.1f} s, {after['pending']:,} pending after",
+            "target": "idle CPU ~ 0",
+        },
+    ]
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--objects", type=int, default=1000)
+    parser.add_argument("--per-object", type=int, default=10)
+    parser.add_argument("--pending", type=int, default=100_000)
+    parser.add_argument("--idle-seconds", type=float, default=10)
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    parser.add_argument("--skip-idle", action="store_true")
+    args = parser.parse_args()
+
+    rows = await lateness_case(args, "warm")
+    rows += await lateness_case(args, "cold (evicted between alarms)", evict_after=0.3)
+    print_table(f"Alarms: lateness ({os.cpu_count()} cores, {args.workers} workers)", rows)
+    if not args.skip_idle:
+        print_table("Alarms: idle supervisor", await idle_case(args))
+
+
+if __name__ == "__main__":
+    trio.run(main)

@@ -319,6 +319,21 @@ async def test_run_alarm_runs_the_handler_now(stateroom_runtime):
     assert runs[-1]["retry"] == 1, "the failed run is retried like any alarm"
 
 
+async def test_an_imported_state_brings_its_alarm_along(stateroom_runtime):
+    rt = stateroom_runtime
+    ns = rt.namespace("ALARMS")
+    source, copy = ns.get_by_name("export-source"), ns.get_by_name("import-target")
+    when = now_ms() + 1000
+    await source.set_alarm(when)
+    image = await rt.client.export_object("ALARMS", str(source.id))
+    await source.delete_alarm()
+    await rt.client.import_object("ALARMS", str(copy.id), image)
+    assert (await index_entry(rt, copy))["time"] == when
+    [run] = await wait_firings(copy, 1)
+    assert run["scheduled"] == when and run["name"] == "import-target"
+    assert await source.firings() == []
+
+
 async def test_deleting_the_class_removes_its_alarms(stateroom_runtime):
     rt = stateroom_runtime
     stub = rt.namespace("ALARMS").get_by_name("class-gone")

@@ -1,0 +1,172 @@
+"""Unit tests of the storage layer without processes: Database, SQL policy, WAL history."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import apsw
+import pytest
+
+from stateroom import SqlError
+from stateroom.worker import pitr
+from stateroom.worker.pitr import History, parse_bookmark
+from stateroom.worker.sqlpolicy import Policy
+from stateroom.worker.storage import Database, StorageLockedError, prefix_end, split_statements
+
+
+def open_db(path: Path, retention_s: float = 3600) -> Database:
+    history = History(path, retention_s=retention_s, durability="full")
+    return Database(path, "full", lambda: None, history=history)
+
+
+def restore(db: Database, bookmark: str) -> None:
+    """What `Pitr.before_open` does: rebuild the image and copy it in as one commit."""
+    _, segment, frames = db.history.check(bookmark)
+    image = db.path.with_name("image.sqlite")
+    db.history.build_image(segment, frames, image)
+    source = apsw.Connection(str(image))
+    try:
+        db.replace_with(source)
+    finally:
+        source.close()
+        image.unlink()
+
+
+def test_statements_split_with_sqlites_tokenizer():
+    assert split_statements("SELECT 1") == ["SELECT 1"]
+    assert split_statements("SELECT 1;") == ["SELECT 1;"]
+    assert split_statements("SELECT 1; SELECT ';'; -- x;\n SELECT 3") == [
+        "SELECT 1;",
+        " SELECT ';';",
+        " -- x;\n SELECT 3",
+    ]
+    trigger = "CREATE TRIGGER t AFTER INSERT ON x BEGIN SELECT 1; SELECT 2; END;"
+    assert split_statements(trigger + " SELECT 4") == [trigger, " SELECT 4"]
+    assert split_statements("SELECT 1; ;  ; -- only a comment") == ["SELECT 1;"]
+
+
+def test_prefix_end_is_the_smallest_key_past_every_key_with_the_prefix():
+    assert prefix_end(b"ab") == b"ac"
+    assert prefix_end(b"a\xff") == b"b"
+    assert prefix_end(b"\xff\xff") is None
+
+
+def test_policy_refuses_only_user_sql():
+    policy = Policy()
+    assert policy.authorize(apsw.SQLITE_TRANSACTION, "BEGIN", None, None, None) == apsw.SQLITE_OK
+    policy.user = True
+    deny = apsw.SQLITE_DENY
+    assert policy.authorize(apsw.SQLITE_TRANSACTION, "BEGIN", None, None, None) == deny
+    assert policy.authorize(apsw.SQLITE_READ, "_Stateroom_kv", "key", "main", None) == deny
+    assert policy.authorize(apsw.SQLITE_READ, "users", "_stateroom_col", "main", None) == 0
+    assert policy.authorize(apsw.SQLITE_PRAGMA, "user_version", None, None, None) == 0
+    assert policy.authorize(apsw.SQLITE_PRAGMA, "user_version", "3", None, None) == deny
+    assert policy.authorize(apsw.SQLITE_PRAGMA, "table_info", "users", None, None) == 0
+    assert policy.authorize(apsw.SQLITE_FUNCTION, None, "load_extension", None, None) == deny
+    assert policy.authorize(apsw.SQLITE_FUNCTION, None, "upper", None, None) == 0
+
+
+def test_a_second_database_on_the_same_file_is_locked_out(tmp_path):
+    path = tmp_path / "obj.sqlite"
+    owner = open_db(path)
+    owner.kv_put_many({"a": 1})
+    owner.commit()
+    intruder = open_db(path)
+    with pytest.raises(StorageLockedError) as info:
+        intruder.kv_get("a")
+    assert info.value.retryable
+    owner.close()
+    assert intruder.kv_get("a") == 1
+    intruder.close()
+
+
+def test_writes_of_a_failed_exec_are_rolled_back_but_earlier_ones_stay(tmp_path):
+    db = open_db(tmp_path / "obj.sqlite")
+    db.sql_exec("CREATE TABLE t(a UNIQUE)", ())
+    db.kv_put_many({"k": 1})
+    with pytest.raises(SqlError):
+        db.sql_exec("INSERT INTO t VALUES (1); INSERT INTO t VALUES (1)", ())
+    assert db.sql_exec("SELECT count(*) FROM t", ())[1] == [(0,)]
+    assert db.kv_get("k") == 1
+    assert db.in_txn
+    db.commit()
+    db.close()
+
+
+def test_pitr_restores_across_archived_segments_and_after_a_crash(tmp_path, monkeypatch):
+    monkeypatch.setattr(pitr, "ARCHIVE_FRAMES", 4)  # archive every few commits
+    path = tmp_path / "obj.sqlite"
+    db = open_db(path)
+    marks = []
+    for i in range(12):
+        db.kv_put_many({"i": i, f"k{i}": "x" * 3000})
+        db.commit()
+        marks.append(db.history.current())
+    assert len(db.history.segments()) >= 2
+    assert marks == sorted(marks)
+    restore(db, marks[3])
+    assert db.kv_get("i") == 3 and db.kv_get("k4") is None
+    after_restore = db.history.current()
+    restore(db, marks[11])
+    assert db.kv_get("i") == 11
+    restore(db, after_restore)
+    assert db.kv_get("i") == 3
+
+    # A crash: the files as a dying process leaves them (WAL not archived).
+    db.kv_put_many({"i": "crash"})
+    db.commit()
+    last = db.history.current()
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for f in tmp_path.iterdir():
+        if f.name.startswith("obj."):
+            if f.is_dir():
+                shutil.copytree(f, crashed / f.name)
+            else:
+                shutil.copy(f, crashed / f.name)
+    db.close()
+    again = open_db(crashed / "obj.sqlite")
+    assert again.kv_get("i") == "crash"
+    restore(again, marks[5])
+    assert again.kv_get("i") == 5
+    restore(again, last)
+    assert again.kv_get("i") == "crash"
+    again.close()
+
+
+def test_pitr_forgets_history_older_than_the_retention_window(tmp_path, monkeypatch):
+    monkeypatch.setattr(pitr, "ARCHIVE_FRAMES", 2)
+    path = tmp_path / "obj.sqlite"
+    db = open_db(path, retention_s=3600)
+    db.kv_put_many({"v": "old"})
+    db.commit()
+    old = db.history.current()
+    # Move the clock forward two hours: every archived segment leaves the window.
+    real = pitr.now_ms
+    monkeypatch.setattr(pitr, "now_ms", lambda: real() + 2 * 3600 * 1000)
+    for i in range(6):
+        db.kv_put_many({"v": i})
+        db.commit()
+    recent = db.history.current()
+    assert db.history.base() is not None, "old segments were folded into the base"
+    with pytest.raises(ValueError, match="window"):
+        db.history.check(old)
+    with pytest.raises(ValueError, match="window"):
+        db.history.for_time(real())
+    restore(db, recent)
+    assert db.kv_get("v") == 5
+    # The base image plus the retained segments rebuild every state in the window.
+    first_kept = db.history.for_time(pitr.now_ms() - 10)
+    restore(db, first_kept)
+    assert db.kv_get("v") == 5
+    db.close()
+
+
+def test_bookmarks_parse_and_reject_garbage():
+    assert parse_bookmark("00000000000a-00000002-00000003") == (10, 2, 3)
+    for bad in ["", "x", "00000000000a-00000002", "00000000000A-00000002-00000003"]:
+        with pytest.raises(ValueError):
+            parse_bookmark(bad)
+    with pytest.raises(TypeError):
+        parse_bookmark(5)

@@ -36,6 +36,7 @@ once.
 from __future__ import annotations
 
 import datetime as _dt
+import inspect
 import math
 import time
 from typing import Any
@@ -92,6 +93,17 @@ def alarm_time_ms(when: Any) -> int:
     if ms > MAX_TIME_MS:
         raise ValueError(f"set_alarm time must be before the year 10000, got {when!r}")
     return ms
+
+
+def _takes_argument(handler: Any) -> bool:
+    """True unless `alarm` is declared without parameters (`async def alarm(self)`)."""
+    try:
+        params = inspect.signature(handler).parameters.values()
+    except (TypeError, ValueError):
+        return True
+    return any(
+        p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD, p.VAR_POSITIONAL) for p in params
+    )
 
 
 class _Run:
@@ -263,7 +275,8 @@ class AlarmStore:
         error = None
         try:
             self.worker.fault_point("during_alarm", host)
-            await handler(AlarmInfo(retry_count=retry, is_retry=retry > 0, scheduled_time=stored))
+            info = AlarmInfo(retry_count=retry, is_retry=retry > 0, scheduled_time=stored)
+            await (handler(info) if _takes_argument(handler) else handler())
         except Exception as exc:  # noqa: BLE001 - a failed alarm is retried, not fatal
             error = error_to_fields(exc)
         finally:

@@ -190,6 +190,12 @@ async def test_handler_can_set_the_next_alarm(stateroom_runtime):
     assert len(await stub.firings()) == 3
 
 
+async def test_alarm_handler_may_omit_the_alarm_info_parameter(stateroom_runtime):
+    stub = stateroom_runtime.namespace("BARE").get_by_name("bare")
+    await stub.set_alarm(now_ms())
+    await wait_for("the bare alarm handler to run", stub.runs)
+
+
 # ---------------------------------------------------------------- failures and retries
 
 
@@ -344,7 +350,8 @@ async def test_deleting_the_class_removes_its_alarms(stateroom_runtime):
         bindings={},
         migrations=[
             {"tag": "v1", "new_sqlite_classes": ["Alarmed"]},
-            {"tag": "v2", "deleted_classes": ["Alarmed"]},
+            {"tag": "v2", "new_sqlite_classes": ["Bare"]},
+            {"tag": "v3", "deleted_classes": ["Alarmed", "Bare"]},
         ],
     )
     stats = await index_stats(rt)

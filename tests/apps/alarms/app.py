@@ -62,3 +62,16 @@ class Alarmed(DurableObject):
         again = cfg.get("again_times", 0)
         if again and len(firings) - failed_before <= again:
             await self.ctx.storage.set_alarm(at + cfg["again_ms"])
+
+
+class Bare(DurableObject):
+    """An alarm handler declared without the alarm_info parameter."""
+
+    async def set_alarm(self, when):
+        await self.ctx.storage.set_alarm(when)
+
+    async def runs(self):
+        return await self.ctx.storage.get("runs") or 0
+
+    async def alarm(self):
+        await self.ctx.storage.put("runs", await self.runs() + 1)

@@ -40,6 +40,7 @@ import trio
 from stateroom._errors import DurableObjectError, ObjectResetError, OverloadedError
 from stateroom._protocol import Target
 
+from .gates import InputGate
 from .meters import CURRENT_HOST
 from .storage import Database
 
@@ -106,6 +107,7 @@ class ObjectHost:
         self.cls = cls
         self.db = db
         db.on_first_write = self._on_first_write
+        db.on_txn_lost = self._on_txn_lost
         self.state = HostState.LOADING
         # The user's DurableObject instance; None until constructed / after reset.
         self.instance: Any = None
@@ -114,15 +116,21 @@ class ObjectHost:
         self.queue: deque[Event] = deque()
         # Events started and not finished.
         self.inflight: set[Event] = set()
-        # Held by block_concurrency_while / transaction: no event starts meanwhile.
-        self.gate = trio.Lock()
+        # Closed by block_concurrency_while / transaction: no event starts meanwhile.
+        # Reentrant for its holder; entering it open does not yield (see gates.py).
+        self.gate = InputGate()
         # True while the runner task is draining `queue`.
         self.runner_active = False
         # Output held back until the open transaction commits (callables to run).
         self.pending_output: list[Callable[[], None]] = []
         self.flush_scheduled = False
+        # Set (and replaced) at every commit and reset: wakes `wait_durable` callers.
+        self._durable = trio.Event()
         # Nesting depth of storage.transaction(); the flusher never commits inside one.
         self.txn_depth = 0
+        # True once a task other than the transaction's holder wrote inside it (a
+        # rollback then resets the object; see storage_api.py).
+        self.txn_foreign_writes = False
         # Bumped at every reset; events of an older generation fail.
         self.generation = 0
         # Pending ctx.wait_until tasks.
@@ -196,18 +204,23 @@ class ObjectHost:
                             "the object was reset during this event",
                             retryable=not event.committed,
                         )
-                    self.commit()
+                    await self.wait_durable()
+                    if event.generation != self.generation:
+                        raise ObjectResetError(
+                            "the object was reset before this event's writes committed",
+                            retryable=not event.committed,
+                        )
                     event.finish(result=result)
                 except ObjectResetError as exc:
                     event.finish(error=exc)
                 except DurableObjectError as exc:
                     if event.generation == self.generation:
-                        self._commit_quietly()
+                        await self.wait_durable()
                     event.finish(error=exc)
                 except Exception as exc:
                     # User errors do not undo writes already made (SPEC §5).
                     if event.generation == self.generation:
-                        self._commit_quietly()
+                        await self.wait_durable()
                     if event.generation != self.generation:
                         exc = ObjectResetError(
                             "the object was reset during this event",
@@ -235,15 +248,41 @@ class ObjectHost:
             event.wrote = True
 
     def _on_first_write(self) -> None:
+        self.schedule_flush()
+
+    def _on_txn_lost(self, reason: str) -> None:
+        """SQLite rolled back the open transaction by itself: the turn's writes are gone."""
+        self.reset(reason)
+
+    def schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
             self.worker.nursery.start_soon(self._flush, self.generation)
 
     async def _flush(self, generation: int) -> None:
+        # Group commit: events already queued for this object run up to their own
+        # output gate first (their writes join this transaction), so one fsync
+        # releases them all. Bounded, so a busy object still commits promptly.
+        spins = 0
+        while self.queue and self.db.in_txn and spins < 16 and generation == self.generation:
+            spins += 1
+            await trio.lowlevel.checkpoint()
         self.flush_scheduled = False
         if generation != self.generation or self.txn_depth:
             return
         self._commit_quietly()
+
+    async def wait_durable(self) -> None:
+        """Output gate: return once every write made so far is committed.
+
+        The commit itself happens in the flush task (group commit). If the object is
+        reset meanwhile the caller sees its generation change (or is cancelled).
+        """
+        if not self.db.in_txn:
+            return
+        waiter = self._durable
+        self.schedule_flush()
+        await waiter.wait()
 
     def _commit_quietly(self) -> None:
         try:
@@ -270,6 +309,8 @@ class ObjectHost:
                         if ev.request_id is not None:
                             self.worker.notify_committed(ev.request_id)
             self.worker.fault_point("after_commit", self)
+        self._durable.set()
+        self._durable = trio.Event()
         if self.pending_output:
             out, self.pending_output = self.pending_output, []
             for fn in out:
@@ -302,8 +343,12 @@ class ObjectHost:
     def reset(self, reason: str) -> None:
         """Discard the instance and uncommitted writes; fail events in flight."""
         self.generation += 1
+        self._durable.set()
+        self._durable = trio.Event()
         self.pending_output.clear()
         self.txn_depth = 0
+        # A flush task of the old generation commits nothing; let new writes schedule one.
+        self.flush_scheduled = False
         try:
             self.db.rollback()
         finally:

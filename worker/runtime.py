@@ -372,6 +372,8 @@ class Worker:
             if slot is not None:
                 slot[1] = msg
                 slot[0].set()
+        elif isinstance(msg, LoadDeployment) and not msg.validate_only:
+            self._load_in_frame_order(msg)
         elif isinstance(msg, (Fetch, Rpc, Admin, LoadDeployment)):
             self.nursery.start_soon(self._serve_request, msg)
         elif isinstance(msg, Cancel):
@@ -390,6 +392,19 @@ class Worker:
             self.nursery.start_soon(self._shutdown, msg.grace)
         else:
             self.sockets.on_message(msg)
+
+    def _load_in_frame_order(self, msg: LoadDeployment) -> None:
+        """Activate a deployment inline, before the reader looks at the next frame.
+
+        A call that follows it on the wire (say, relayed from a worker that already
+        runs the new code and names a renamed class) then finds the new code here.
+        """
+        try:
+            self.activate(Deployment(msg.version, msg.bundle, msg.manifest))
+            reply = Reply(msg.request_id, True)
+        except Exception as exc:  # noqa: BLE001 - becomes the supervisor's error
+            reply = Reply(msg.request_id, False, error=error_to_fields(exc))
+        self.conn.send(reply)
 
     async def _shutdown(self, grace: float) -> None:
         with trio.move_on_after(grace):

@@ -286,3 +286,44 @@ async def test_rollback_across_a_rename_is_refused_naming_the_class_and_changes_
     assert len(await rt.client.deployments()) == 2
     assert await rt.namespace("COUNTER").get_by_name("k").get() == 2
     assert await rt.namespace("COUNTER").get_by_name("k").version() == "v2"
+
+
+@pytest.mark.stateroom(workers=2)
+async def test_renaming_a_class_under_load_loses_no_request(stateroom_runtime, tmp_path):
+    rt = stateroom_runtime
+    v1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
+    await rt.deploy(write_app(tmp_path / "v1", version="v1", migrations=v1))
+    renamed = write_app(
+        tmp_path / "v2", version="v2", classes=("Tally",), bindings={"COUNTER": "Tally"},
+        migrations=v1 + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
+    )
+    names = [f"ren-{i}" for i in range(6)]
+    acked = {n: 0 for n in names}
+    failures: list[str] = []
+    done = trio.Event()
+
+    async def http_loop(http: httpx.AsyncClient, name: str) -> None:
+        while not done.is_set():
+            r = await http.get(f"/{name}")
+            if r.status_code != 200:
+                failures.append(f"GET /{name}: {r.status_code} {r.text.strip()}")
+            else:
+                acked[name] += 1
+
+    async with httpx.AsyncClient(base_url=rt.url, timeout=30) as http:
+        async with trio.open_nursery() as nursery:
+            for n in names:
+                nursery.start_soon(http_loop, http, n)
+            with trio.fail_after(60):
+                while min(acked.values()) < 5:
+                    await trio.sleep(0.01)
+                await rt.deploy(renamed)
+                before = dict(acked)
+                while any(acked[n] < before[n] + 5 for n in names):
+                    await trio.sleep(0.01)
+            done.set()
+    assert failures == [], f"requests failed during the rename: {failures[:5]}"
+    for n in names:
+        stub = rt.namespace("COUNTER").get_by_name(n)
+        assert await stub.class_name() == "Tally"
+        assert await stub.get() == acked[n], f"{n}: acknowledged writes lost across the rename"

@@ -428,6 +428,14 @@ class AlarmScheduler:
         if target.name is not None:
             self.sup.note_name(key[0], target.id, target.name)
         e = self.alarms.get(key)
+        if msg.resync:
+            # The object started with an alarm stored: add the entry only if missing.
+            if e is None and msg.time is not None:
+                e = self._new(key, target.name)
+                e.scheduled = int(msg.time)
+                self._schedule(e, e.scheduled)
+                self._persist(e)
+            return True
         if e is None:
             if msg.time is None:
                 self._stage_delete(key)

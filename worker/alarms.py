@@ -202,6 +202,23 @@ class AlarmStore:
         # Announced even when nothing was stored: it also clears a stale index entry.
         self._announce(host)
 
+    def on_construct(self, host: ObjectHost) -> None:
+        """The object starts: if it has an alarm, make sure the index knows it.
+
+        Covers a commit whose `AlarmSet` died with its worker (the commit happened,
+        the report had not left the process yet): the next start of the object
+        brings the alarm back into the index.
+        """
+        stored = self.stored(host)
+        dep = self.worker.deployment
+        if stored is None or dep is None or host.target.class_name not in dep.namespaces:
+            return
+        ns_key = dep.namespaces[host.target.class_name][0]
+        try:
+            self.worker.conn.send(AlarmSet(ns_key, host.target, stored, resync=True))
+        except trio.ClosedResourceError:
+            pass
+
     def on_state_replaced(self, host: ObjectHost) -> None:
         """The whole database was replaced (import, point-in-time restore): report
         whatever alarm it holds now, so the index follows it."""

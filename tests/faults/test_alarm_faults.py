@@ -3,6 +3,7 @@ worker or supervisor runs again; the injected `during_alarm` crash point works."
 
 import pytest
 
+from stateroom import DurableObjectError
 from tests.integration.test_alarms import (
     APP,
     FAST_BASE,
@@ -25,7 +26,7 @@ async def test_worker_crash_at_during_alarm_is_retried(stateroom_runtime):
     rt = stateroom_runtime
     stub = rt.namespace("ALARMS").get_by_name("injected")
     await rt.inject("during_alarm", stub)
-    when = now_ms() + 200
+    when = now_ms() + 1000  # far enough that set_alarm's reply is out before the crash
     await stub.set_alarm(when)
     [run] = await wait_firings(stub, 1)
     # The crashed attempt died before the handler recorded anything.
@@ -68,3 +69,17 @@ async def test_alarm_cut_short_by_a_supervisor_kill_runs_again(stateroom_runtime
     runs = await wait_for("a complete alarm run after the restart", completed)
     assert len(runs) == 2 and "done" not in runs[0]
     await wait_settled(rt, stub)
+
+
+async def test_alarm_whose_report_died_with_the_worker_fires_once_the_object_starts(
+    stateroom_runtime,
+):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("unreported")
+    await rt.inject("after_commit", stub)
+    when = now_ms() + 300
+    with pytest.raises(DurableObjectError):
+        await stub.set_alarm(when)  # committed, then the worker died: not acknowledged
+    assert await stub.get_alarm() == when, "the committed alarm is visible"
+    [run] = await wait_firings(stub, 1)
+    assert run["scheduled"] == when

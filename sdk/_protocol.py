@@ -217,11 +217,14 @@ class RunAlarm(_Msg):
     """
 
     request_id: int
+    `resync`: sent when the object starts with an alarm stored; it only adds an
+    index entry that is missing (a commit whose report was lost in a crash).
     target: Target
     scheduled: int
     retry_count: int = 0
     force: bool = False
     expire: bool = False
+    resync: bool = False
 
 
 # ----------------------------------------------------------------- meters

@@ -288,6 +288,7 @@ class Worker:
                 return Response("object has no fetch handler", status=501)
             try:
                 response = await handler(request)
+        self.alarms.on_construct(host)
             except DurableObjectError:
                 raise
             except Exception as exc:

@@ -200,11 +200,14 @@ class AlarmSet(_Msg):
 
     Sent through the object's output gate, so only once the write is durable; the
     supervisor's alarm index is a hint the worker re-checks at firing time.
+    `resync`: sent when the object starts with an alarm stored; it only adds an
+    index entry that is missing (a commit whose report was lost in a crash).
     """
 
     ns_key: int
     target: Target
     time: int | None = None
+    resync: bool = False
 
 
 class RunAlarm(_Msg):
@@ -217,14 +220,11 @@ class RunAlarm(_Msg):
     """
 
     request_id: int
-    `resync`: sent when the object starts with an alarm stored; it only adds an
-    index entry that is missing (a commit whose report was lost in a crash).
     target: Target
     scheduled: int
     retry_count: int = 0
     force: bool = False
     expire: bool = False
-    resync: bool = False
 
 
 # ----------------------------------------------------------------- meters

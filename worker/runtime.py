@@ -263,6 +263,7 @@ class Worker:
         host.cls = cls
         host.stale = False  # built from the current deployment (see redeploy.py)
         self.pitr.before_open(host)
+        self.alarms.on_construct(host)
         ctx = ObjectState(host, DurableObjectId(host.target.id, host.target.name))
         host.ctx = ctx
         host.instance = cls(ctx, self.env)
@@ -288,7 +289,6 @@ class Worker:
                 return Response("object has no fetch handler", status=501)
             try:
                 response = await handler(request)
-        self.alarms.on_construct(host)
             except DurableObjectError:
                 raise
             except Exception as exc:

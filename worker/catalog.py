@@ -41,7 +41,7 @@ from stateroom._errors import DurableObjectError, ObjectResetError, OverloadedEr
 from stateroom._protocol import Target
 
 from .gates import InputGate
-from .meters import CURRENT_HOST
+from .meters import charged
 from .storage import Database
 
 
@@ -157,11 +157,9 @@ class ObjectHost:
         self.last_used = trio.current_time()
         if not self.runner_active:
             self.runner_active = True
-            self.worker.nursery.start_soon(self._run_queue)
+            self.worker.nursery.start_soon(charged(self, self._run_queue))
 
     async def _run_queue(self) -> None:
-        # CPU of this task and of every task it starts (events, flushes) is this object's.
-        CURRENT_HOST.set(self)
         try:
             while self.queue:
                 async with self.gate:
@@ -185,7 +183,7 @@ class ObjectHost:
                     except BaseException as exc:  # constructor failed: fail this event
                         event.finish(error=exc)
                         continue
-                await self.worker.nursery.start(self._run_event, event)
+                await self.worker.nursery.start(charged(self, self._run_event), event)
         finally:
             self.runner_active = False
 
@@ -257,7 +255,7 @@ class ObjectHost:
     def schedule_flush(self) -> None:
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.worker.nursery.start_soon(self._flush, self.generation)
+            self.worker.nursery.start_soon(charged(self, self._flush), self.generation)
 
     async def _flush(self, generation: int) -> None:
         # Group commit: events already queued for this object run up to their own

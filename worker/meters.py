@@ -7,7 +7,7 @@ usage since its last report. Who increments what:
   by `Worker.object_fetch` / `object_rpc`) and one per alarm run (alarms).
 * ws_messages_in: one per WebSocket message delivered (sockets).
 * rows_read / rows_written: from SQL cursors and KV calls (storage).
-* cpu_ms: thread CPU time of the object's work, measured by `CpuMeter` below.
+* cpu_ms: thread CPU time of the object's tasks, measured by `charged` below.
 * active_s: wall time the object spends in memory (constructed and not evicted,
   hibernated or reset), accounted here from `activated` / `deactivated`.
 * stored_bytes: not a counter but the size of the object's files on disk, read
@@ -15,16 +15,19 @@ usage since its last report. Who increments what:
 
 CPU attribution. Events of one object interleave with other objects' events on
 the worker's one trio thread, so timing an event from start to end would charge
-it for everyone else's work. Instead `CpuMeter` is a trio instrument that reads
-`time.thread_time()` before and after every *task step* (the synchronous stretch
-between two awaits) and charges the difference to the object whose work the task
-is doing. A task belongs to an object when the context variable `CURRENT_HOST` is
-set in it: the catalog sets it in the object's runner task, so every event task,
-every commit flush and every task user code spawns from an event inherits it
-(trio copies the spawner's context into a new task). Thread CPU time counts only
-this thread's time on the CPU, so waiting for the disk (an fsync) is not charged;
-the SQLite work of a storage call is. Worker bookkeeping outside object tasks
-(framing, `Default`) is charged to no object.
+it for everyone else's work. Instead the object's own tasks are wrapped with
+`charged(host, fn)`: the wrapper drives the task's coroutine itself and reads
+`time.thread_time()` around every *task step* (the synchronous stretch between
+two awaits), adding the difference to the object's `cpu_ms`. The catalog wraps
+the three kinds of task that work for an object: its runner (which runs the
+constructor), each event's task (handler, storage calls, the commit at its end)
+and the group-commit flush task. Thread CPU time counts only this thread's time
+on the CPU, so waiting for the disk (an fsync) or for another object is not
+charged; the SQLite work of a storage call is. Not charged to any object: worker
+bookkeeping (framing, `Default`) and tasks user code spawns itself
+(`ctx.wait_until`). The cost is two clock reads per step of an object's task and
+nothing for any other task (a trio instrument would pay on every step of every
+task: measured at ~2 µs per step here, several percent of a request).
 
 Reports. `take()` builds one row per object with any usage since the last report
 `[ns_key, id, requests, ws_messages_in, cpu_ms, active_s, rows_read,
@@ -37,25 +40,18 @@ Invariant: every unit counted is reported exactly once (rows are built and the
 counters zeroed in the same synchronous step), unless the worker process dies
 first: a crash loses at most the last second of its usage.
 
-`STATEROOM_METERS=0` in the environment switches metering off (no CPU instrument,
-no reports) to measure its overhead.
+`STATEROOM_METERS=0` in the environment switches metering off (no CPU
+wrappers, no reports) to measure its overhead.
 """
 
 from __future__ import annotations
 
-import contextvars
 import os
 import time
+from collections.abc import Awaitable, Callable, Coroutine, Generator
 from typing import Any
 
-import trio
-
-__all__ = ["CURRENT_HOST", "CpuMeter", "WorkerMeters", "meters_enabled"]
-
-# The object (ObjectHost) whose work the current task does; None for worker tasks.
-CURRENT_HOST: contextvars.ContextVar[Any] = contextvars.ContextVar(
-    "stateroom_metered_host", default=None
-)
+__all__ = ["WorkerMeters", "charged", "meters_enabled"]
 
 
 def meters_enabled(environ: Any = None) -> bool:
@@ -64,26 +60,58 @@ def meters_enabled(environ: Any = None) -> bool:
     return env.get("STATEROOM_METERS", "1").strip().lower() not in ("0", "false", "no", "off")
 
 
-class CpuMeter(trio.abc.Instrument):
-    """Charges the thread CPU time of each task step to the task's object."""
+# Read once per process: the catalog consults it at every spawn.
+ENABLED = meters_enabled()
 
-    def __init__(self) -> None:
-        # The object charged for the step in progress (None: nobody).
-        self._host: Any = None
-        # thread_time() when that step began.
-        self._start = 0.0
 
-    def before_task_step(self, task: trio.lowlevel.Task) -> None:
-        host = task.context.get(CURRENT_HOST)
-        if host is not None:
-            self._host = host
-            self._start = time.thread_time()
+def charged(host: Any, async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+    """`async_fn` whose task charges the thread CPU of each of its steps to `host`.
 
-    def after_task_step(self, task: trio.lowlevel.Task) -> None:
-        host = self._host
-        if host is not None:
-            host.counters.cpu_ms += (time.thread_time() - self._start) * 1000.0
-            self._host = None
+    Use it where a task is spawned: `nursery.start_soon(charged(host, fn), *args)`.
+    Returns `async_fn` itself when meters are off.
+    """
+    if not ENABLED:
+        return async_fn
+    counters = host.counters
+
+    async def run(*args: Any, **kwargs: Any) -> Any:
+        return await _Charged(async_fn(*args, **kwargs), counters)
+
+    return run
+
+
+class _Charged:
+    """Awaitable that behaves like `await coro` and adds each step's CPU to `counters`."""
+
+    __slots__ = ("coro", "counters")
+
+    def __init__(self, coro: Coroutine[Any, Any, Any], counters: Any) -> None:
+        self.coro = coro
+        self.counters = counters
+
+    def __await__(self) -> Generator[Any, Any, Any]:
+        coro, counters, clock = self.coro, self.counters, time.thread_time
+        send_value: Any = None
+        to_throw: BaseException | None = None
+        while True:
+            start = clock()
+            try:
+                if to_throw is None:
+                    yielded = coro.send(send_value)
+                else:
+                    yielded = coro.throw(to_throw)
+            except StopIteration as stop:
+                counters.cpu_ms += (clock() - start) * 1000.0
+                return stop.value
+            except BaseException:
+                counters.cpu_ms += (clock() - start) * 1000.0
+                raise
+            counters.cpu_ms += (clock() - start) * 1000.0
+            to_throw = None
+            try:
+                send_value = yield yielded
+            except BaseException as exc:  # thrown in by trio (Cancelled, ...)
+                to_throw, send_value = exc, None
 
 
 class WorkerMeters:
@@ -91,20 +119,13 @@ class WorkerMeters:
 
     def __init__(self, worker: Any, enabled: bool | None = None) -> None:
         self.worker = worker
-        self.enabled = meters_enabled() if enabled is None else enabled
+        self.enabled = ENABLED if enabled is None else enabled
         # host -> monotonic time its active time was last accounted up to.
         # Invariant: a host is here iff its instance is constructed (or was, and
         # the next report notices it is gone).
         self._active_since: dict[Any, float] = {}
         # Final rows of objects that left memory since the last report: (ns, id) -> row.
         self._retired: dict[tuple[int, str], list[Any]] = {}
-        self._instrument: CpuMeter | None = None
-
-    def start(self) -> None:
-        """Install the CPU instrument (call from inside the worker's trio run)."""
-        if self.enabled and self._instrument is None:
-            self._instrument = CpuMeter()
-            trio.lowlevel.add_instrument(self._instrument)
 
     # ------------------------------------------------------------------ events
 

@@ -522,7 +522,6 @@ async def run_worker(fd: int, index: int) -> None:
         worker.data_dir = Path(w.settings["data_dir"])
         worker.shard_count = w.shard_count
         nursery.start_soon(worker.serve_evictions)
-        worker.meters.start()
         nursery.start_soon(worker.serve_stats)
         worker.sockets.start()
         worker.log(f"ready at {time.strftime('%H:%M:%S')}")

@@ -11,7 +11,7 @@ import trio
 from stateroom.supervisor.meters import Meters, Prices, load_prices, parse_time
 from stateroom.supervisor.runtime_db import RuntimeDB
 from stateroom.worker.catalog import Counters
-from stateroom.worker.meters import CURRENT_HOST, CpuMeter, WorkerMeters, meters_enabled
+from stateroom.worker.meters import WorkerMeters, charged, meters_enabled
 
 NOW = 1_800_000_000.0
 
@@ -209,33 +209,44 @@ def test_worker_meters_off_reports_nothing(monkeypatch):
     assert m.take() == []
 
 
-async def test_cpu_instrument_charges_task_steps_to_the_task_object_only():
+async def test_charged_tasks_pay_for_their_own_steps_only():
     busy, idle = fake_host("b" * 64), fake_host("i" * 64)
-    meter = CpuMeter()
-    trio.lowlevel.add_instrument(meter)
-    try:
-        async def spin(host, seconds):
-            CURRENT_HOST.set(host)  # as the object's runner does; charged from the next step
-            await trio.lowlevel.checkpoint()
-            end = time.thread_time() + seconds
+
+    async def spin(seconds):
+        for _ in range(4):  # several steps, each spinning
+            end = time.thread_time() + seconds / 4
             while time.thread_time() < end:
                 pass
             await trio.lowlevel.checkpoint()
+        return "spun"
 
-        async def wait(host):
-            CURRENT_HOST.set(host)
-            await trio.sleep(0.1)
+    async def wait():
+        await trio.sleep(0.1)
 
-        async def unowned():
-            end = time.thread_time() + 0.05
-            while time.thread_time() < end:
-                pass
+    async def unowned():
+        end = time.thread_time() + 0.05
+        while time.thread_time() < end:
+            pass
 
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(spin, busy, 0.08)
-            nursery.start_soon(wait, idle)
-            nursery.start_soon(unowned)
-    finally:
-        trio.lowlevel.remove_instrument(meter)
+    async def failing():
+        await trio.lowlevel.checkpoint()
+        raise KeyError("boom")
+
+    results = []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: _collect(results, charged(busy, spin)(0.08)))
+        nursery.start_soon(charged(idle, wait))
+        nursery.start_soon(unowned)
+    assert results == ["spun"]
     assert 70 <= busy.counters.cpu_ms < 120, busy.counters.cpu_ms
     assert idle.counters.cpu_ms < 5, idle.counters.cpu_ms
+    with pytest.raises(KeyError, match="boom"):
+        await charged(idle, failing)()
+    # Cancellation passes through the wrapper like through a plain await.
+    with trio.move_on_after(0.01) as scope:
+        await charged(idle, trio.sleep_forever)()
+    assert scope.cancelled_caught
+
+
+async def _collect(results, awaitable):
+    results.append(await awaitable)

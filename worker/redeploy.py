@@ -4,13 +4,15 @@ Activating a deployment (`Redeployer.activate`) switches the worker at once:
 `Default` and `env` of every request that starts afterwards are the new ones. Live
 objects move over one by one, each at its own pace:
 
-* Idle objects are evicted now; their next event constructs the new class.
+* Idle objects let go of their instance now (their host, open database and
+  socket mirror stay, and are evicted later like any idle object); their next
+  event constructs the new class.
 * Busy objects become *stale*. A stale host starts no new event on its old
   instance: its runner (`catalog.ObjectHost._run_queue`) calls `retire`, which waits
   until the events in flight and the `ctx.wait_until` tasks have finished, for at
-  most the grace period (`--deploy-grace`, default 30 s). Then it commits, drops
-  the instance and closes the database, and the runner constructs the new class
-  for the next queued event. If the grace period runs out, the host is reset: the
+  most the grace period (`--deploy-grace`, default 30 s). Then it commits and
+  drops the instance, and the runner constructs the new class for the next
+  queued event. If the grace period runs out, the host is reset: the
   events still in flight fail with `ObjectResetError` (retryable unless the event
   had already made a durable write). Events that arrive meanwhile wait in the
   queue, in order; none is lost.
@@ -81,9 +83,11 @@ class Redeployer:
                 w.catalog[(new_class, oid)] = host
         w.install(dep)
         for host in list(w.catalog.values()):
+            if host.instance is None:
+                continue
             if host.is_idle():
-                w.evict(host)
-            elif host.instance is not None:
+                self._drop_instance(host)
+            else:
                 host.stale = True
 
     def _drop_deleted(self, host: Any, version: int) -> None:
@@ -105,8 +109,8 @@ class Redeployer:
 
         Called by the host's runner before it starts an event. Waits for the events
         in flight and `wait_until` tasks (at most the grace period, then resets the
-        host), commits, closes the database and drops the instance; the runner then
-        constructs the current class. Cancellation leaves the host stale, unchanged.
+        host), commits and drops the instance; the runner then constructs the
+        current class. Cancellation leaves the host stale, unchanged.
         """
         with trio.move_on_after(self.grace):
             while host.inflight or host.waiting:
@@ -123,11 +127,20 @@ class Redeployer:
                 f" {self.grace:g} s grace period"
             )
             return
+        self._drop_instance(host)
+
+    @staticmethod
+    def _drop_instance(host: Any) -> None:
+        """Let go of the old instance; the host, its database and sockets stay.
+
+        The next event constructs the current class (the constructor runs again, as
+        after a reset); the eviction loop evicts the host later like any other.
+        """
         try:
             host.commit()
-        except Exception:  # noqa: BLE001 - commit failure already reset the host
+        except Exception:  # noqa: BLE001 - a failed commit has reset the host already
             return
-        host.db.close()
+        host.stale = False
         host.instance = None
         host.ctx = None
         host.state = type(host.state).LOADING

@@ -247,6 +247,25 @@ class Client:
         body = {"point": point, "binding": stub._ns.binding, "id": str(stub.id), "times": times}
         return await self._json("POST", "/_stateroom/v1/faults", json=body)
 
+    async def run_in_object(self, stub: DurableObjectStub, fn: Any) -> Any:
+        """Run `fn(instance, ctx)` inside the object, as one of its events; its result.
+
+        `fn` may be sync or async. It travels by value (cloudpickle, see `_probe`)
+        and only the worker owning the object unpickles it. It runs in arrival order
+        with the object's other events (constructing the object if needed), and its
+        writes commit like any event's. The result must be a codec value; an
+        exception raised by `fn` is raised here as for RPC.
+        """
+        from ._probe import pickle_by_value
+
+        data = pickle_by_value(fn)
+        r = await self._request(
+            "POST",
+            f"/_stateroom/v1/objects/{quote(stub._ns.binding, safe='')}/{stub.id}/run",
+            content=data,
+        )
+        return _sdk_result(r)
+
     async def run_alarm(self, stub: DurableObjectStub) -> bool:
         """Run the object's alarm now, whatever its time, and wait for the handler.
 

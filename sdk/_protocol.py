@@ -135,6 +135,15 @@ class Cancel(_Msg):
     request_id: int
 
 
+class Abandon(_Msg):
+    """Supervisor -> worker: whoever made request `request_id` is gone (its worker
+    crashed). Stop the request's events that have not written anything yet, so the
+    dead caller's outcome can be settled (retryable or not) promptly. Events that
+    wrote run on; their commit is announced as usual."""
+
+    request_id: int
+
+
 class CallReply(_Msg):
     """Supervisor -> worker: the result of a worker-originated `Call`."""
 
@@ -177,10 +186,18 @@ class Call(_Msg):
     request: HttpRequest | None = None
     method: str = ""
     args: bytes = b""
+    # The supervisor request this call is made for (0: none, e.g. an alarm): a durable
+    # write by the callee counts as a durable effect of that request too.
+    origin: int = 0
 
 
 class Committed(_Msg):
-    """Worker -> supervisor: the event `request_id` has made a durable write."""
+    """Worker -> supervisor: the event `request_id` is about to make a durable write.
+
+    Written to the socket (`FramedConnection.flush_now`) *before* the COMMIT starts,
+    so if the worker dies at any later moment the supervisor knows the write may
+    have happened and reports the failure as not retryable.
+    """
 
     request_id: int
 
@@ -362,6 +379,26 @@ class WsAutoResponded(_Msg):
     time_ms: int
 
 
+# ----------------------------------------------------------------- fault injection (SPEC §13)
+
+# Crash points, in the order an event reaches them (SPEC §13).
+FAULT_POINTS = (
+    "before_commit",
+    "after_commit",
+    "before_reply",
+    "during_alarm",
+    "during_socket_delivery",
+)
+
+class FaultFired(_Msg):
+    """Worker -> supervisor, the worker's last words: it is exiting at crash point
+    `point` for `target` (an armed fault). The supervisor counts it against the
+    fault's remaining `times` and re-arms the rest in the replacement worker."""
+
+    point: str
+    target: Target
+
+
 Message = (
     Hello
     | Welcome
@@ -391,6 +428,8 @@ Message = (
     | WsSynced
     | WsEvent
     | WsAutoResponded
+    | FaultFired
+    | Abandon
 )
 
 _encoder = msgspec.msgpack.Encoder()

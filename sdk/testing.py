@@ -128,6 +128,7 @@ class Runtime:
         p = self.process
         if p is None:
             return None
+        workers = _child_pids(p.pid) if kill else []
         if p.returncode is None:
             p.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         with trio.move_on_after(30):
@@ -136,25 +137,14 @@ class Runtime:
             p.kill()
             await p.wait()
         if kill:
-            await self._wait_orphans_gone()
+            await self._wait_orphans_gone(workers)
         return p.returncode
 
-    async def _wait_orphans_gone(self) -> None:
+    async def _wait_orphans_gone(self, pids: list[int]) -> None:
         """After a supervisor kill -9 its workers exit on their own; wait for that."""
-        import psutil
-
         with trio.move_on_after(10):
-            while True:
-                alive = [
-                    proc
-                    for proc in psutil.process_iter(["cmdline"])
-                    if proc.info["cmdline"]
-                    and "stateroom.worker" in " ".join(proc.info["cmdline"])
-                    and proc.ppid() == 1
-                ]
-                if not alive:
-                    return
-                await trio.sleep(0.05)
+            while any(_running(pid) for pid in pids):
+                await trio.sleep(0.01)
 
     async def restart(self, *, kill: bool = False) -> None:
         """Stop and start again on the same data folder (same port)."""
@@ -187,7 +177,8 @@ class Runtime:
         if isinstance(object_or_index, int):
             victim = procs[object_or_index]
         else:
-            shard = int(str(object_or_index.id)[:8], 16) % 256
+            shard_count = sum(len(p["shards"]) for p in procs)
+            shard = int(str(object_or_index.id)[:8], 16) % shard_count
             victim = next(p for p in procs if shard in p["shards"])
         pid = victim["pid"]
         os.kill(pid, signal.SIGKILL)
@@ -203,6 +194,8 @@ class Runtime:
         return [o["id"] for o in await self.client.objects(binding)]
 
     async def inject(self, point: str, stub: Any, times: float = 1) -> dict[str, Any]:
+        """Crash the worker owning `stub`'s object the next `times` times it reaches
+        `point` for it (a `times` below 1 is a probability); needs `fault_injection=True`."""
         return await self.client.inject(point, stub, times)
 
     async def run_alarm(self, stub: Any) -> Any:
@@ -212,6 +205,24 @@ class Runtime:
     async def run_in_object(self, stub: Any, fn: Any) -> Any:
         """Run `fn(instance, ctx)` (sync or async) inside the object; returns its result."""
         return await self.client.run_in_object(stub, fn)
+
+
+def _child_pids(pid: int) -> list[int]:
+    import psutil
+
+    try:
+        return [c.pid for c in psutil.Process(pid).children()]
+    except psutil.Error:
+        return []
+
+
+def _running(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 @contextlib.asynccontextmanager

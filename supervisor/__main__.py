@@ -17,6 +17,13 @@ def main(argv: list[str] | None = None) -> None:
     settings = settings_from_args(args)
     from .app import Supervisor
     from .extensions import install_extensions
+    from .fencing import DataFolderBusy, lock_data_folder
+
+    try:
+        # Held until this process dies: one supervisor per data folder (fencing.py).
+        _lock = lock_data_folder(settings.data)  # noqa: F841
+    except DataFolderBusy as exc:
+        raise SystemExit(f"error: {exc}") from None
 
     async def run() -> None:
         sup = Supervisor(settings)

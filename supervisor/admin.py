@@ -142,11 +142,6 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
     if head == "objects" and len(rest) >= 2:
         return await objects_route(sup, request, rest[1:], query)
 
-    if head == "faults" and len(rest) == 1 and method == "POST":
-        if not sup.settings.fault_injection:
-            raise HttpError(404, "fault injection is off (start the runtime with --fault-injection)")
-        return await inject(sup, request)
-
     for ext in sup.extensions:
         handler = getattr(ext, "route", None)
         if handler is not None:
@@ -228,6 +223,20 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
         except (ValueError, TypeError) as exc:
             raise HttpError(400, f"cannot import: {exc}") from None
         return json_response({"ok": True})
+    if len(rest) == 3 and rest[2] == "run" and method == "POST":
+        # Testing kit: run a pickled fn(instance, ctx) as an event of the object. The
+        # body is handed to the owning worker unopened (the supervisor never unpickles).
+        try:
+            reply = await sup.call_object(
+                lambda rid: Admin(rid, "run_in_object", target, request.body), target
+            )
+        except DurableObjectError as exc:
+            f = error_to_fields(exc)
+            return sdk_response(False, error=f, status=_status_for_error(f))
+        if reply.ok:
+            return sdk_response(True, reply.value)
+        f = reply.error or {}
+        return sdk_response(False, error=f, status=_status_for_error(f))
     for ext in sup.extensions:
         handler = getattr(ext, "object_route", None)
         if handler is not None:
@@ -245,32 +254,6 @@ def _size(path: Any) -> int:
         except FileNotFoundError:
             pass
     return total
-
-
-async def inject(sup: Supervisor, request: HttpRequest) -> HttpResponse:
-    try:
-        body = json.loads(request.body or b"{}")
-    except ValueError:
-        raise HttpError(400, "body must be JSON") from None
-    points = {"before_commit", "after_commit", "before_reply", "during_alarm", "during_socket_delivery"}
-    point = body.get("point")
-    if point not in points:
-        raise HttpError(400, f"unknown fault point {point!r}; one of {sorted(points)}")
-    binding = body.get("binding")
-    if not isinstance(binding, str):
-        raise HttpError(400, "missing binding")
-    sup.resolve(binding)
-    if "name" in body:
-        target = sup.target_for(binding, name=str(body["name"]))
-    elif "id" in body:
-        target = sup.target_for(binding, object_id=str(body["id"]))
-    else:
-        raise HttpError(400, "give name or id")
-    times = body.get("times", 1)
-    if not isinstance(times, (int, float)) or times <= 0:
-        raise HttpError(400, "times must be a positive number (or a probability below 1)")
-    await object_admin(sup, target, "inject", params={"point": point, "times": times})
-    return json_response({"ok": True, "point": point, "id": target.id})
 
 
 async def rollback(sup: Supervisor, request: HttpRequest) -> dict[str, Any]:

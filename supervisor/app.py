@@ -166,6 +166,10 @@ class Supervisor:
         if p.reply is None or not p.reply.ok:
             err = p.reply.error if p.reply is not None else p.error
             print(f"stateroom: worker {w.index} could not load deployment {dep['version']}: {err}", file=sys.stderr, flush=True)
+        for ext in self.extensions:
+            hook = getattr(ext, "on_worker_ready", None)
+            if hook is not None:
+                await hook(w)
 
     async def deploy(self, payload: Any, *, dry_run: bool = False, note: str = "") -> dict[str, Any]:
         """Validate, record and activate a deployment (see `deployments.py` for the steps).
@@ -268,21 +272,26 @@ class Supervisor:
     def owner(self, target: Target) -> WorkerProc:
         return self.pool.owner_of_shard(shard_of(target.id, self.pool.shard_count))
 
-    async def call_object(self, msg_factory: Any, target: Target) -> Any:
-        reply = await self.pool.request(self.owner(target), msg_factory)
+    async def call_object(self, msg_factory: Any, target: Target, parent: Any = None) -> Any:
+        reply = await self.pool.request(self.owner(target), msg_factory, parent=parent)
         return reply
 
     def on_worker_message(self, w: WorkerProc, msg: Any) -> None:
         if isinstance(msg, Call):
             assert self.nursery is not None
-            self.nursery.start_soon(self._relay_call, w, msg)
+            # The request the call is made for: in flight until the relay ends, so
+            # the caller's crash meanwhile is not retryable (see workers.py).
+            parent = w.pending.get(msg.origin) if msg.origin else None
+            if parent is not None:
+                parent.children += 1
+            self.nursery.start_soon(self._relay_call, w, msg, parent)
             return
         for ext in self.extensions:
             handler = getattr(ext, "on_worker_message", None)
             if handler is not None and handler(w, msg):
                 return
 
-    async def _relay_call(self, w: WorkerProc, msg: Call) -> None:
+    async def _relay_call(self, w: WorkerProc, msg: Call, parent: Any = None) -> None:
         """A worker's stub call to an object owned by another worker."""
         target = msg.target
         try:
@@ -292,12 +301,19 @@ class Supervisor:
                     self.note_name(ns_key, target.id, target.name)
             if msg.kind == "fetch":
                 assert msg.request is not None
-                reply = await self.call_object(lambda rid: Fetch(rid, msg.request, target), target)
+                reply = await self.call_object(
+                    lambda rid: Fetch(rid, msg.request, target), target, parent
+                )
             else:
-                reply = await self.call_object(lambda rid: Rpc(rid, target, msg.method, msg.args), target)
+                reply = await self.call_object(
+                    lambda rid: Rpc(rid, target, msg.method, msg.args), target, parent
+                )
             out = CallReply(msg.request_id, reply.ok, reply.response, reply.value, reply.error)
         except Exception as exc:  # noqa: BLE001 - becomes the caller's error
             out = CallReply(msg.request_id, False, error=error_to_fields(exc))
+        finally:
+            if parent is not None:
+                parent.children -= 1
         if w.conn is not None and not w.conn.closed:
             try:
                 w.conn.send(out)

@@ -3,6 +3,8 @@
 Each extension may define: `serve(task_status)`, `stop()`, `route(request, parts,
 query)`, `public_route(request, path)`, `on_worker_message(worker, msg) -> bool`,
 `on_deploy(dep, plan)`, `on_object_deleted(ns_key, id)`, `sockets_parked(index)`,
+`on_worker_ready(worker)` (awaited before a (re)started worker serves; send with
+`pool.request(..., starting=True)`),
 `object_route(request, target, ns_key, rest, query)` (routes under
 `/_stateroom/v1/objects/{binding}/{id}/...`; `rest` is what follows the id).
 """
@@ -30,3 +32,10 @@ def install_extensions(sup: Any) -> None:
 
     sup.parking = Parking(sup)  # also installs itself as the front door's on_upgrade
     sup.extensions.append(sup.parking)
+    from .faults import FaultInjection
+    from .limits import WorkerLimits
+
+    sup.faults = FaultInjection(sup)
+    sup.extensions.append(sup.faults)
+    sup.limits = WorkerLimits(sup)
+    sup.extensions.append(sup.limits)

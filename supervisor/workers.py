@@ -6,10 +6,25 @@ Unix socketpair whose child end it inherits. The supervisor owns a fixed shard m
 
 Fencing: a worker is restarted only after its old process has been reaped, so the
 old owner is provably dead (its SQLite locks released) before the new one serves
-the shards.
+the shards (`fencing.py` extends this across supervisor lifetimes).
+
+Crash detection: the process's exit (trio waits on a pidfd) or the socket's EOF,
+whichever comes first. Frames the worker wrote before dying are still read (the
+reader drains the socket to EOF), so a `Committed` it sent is never missed.
 
 Calls caught by a crash fail with `WorkerCrashedError`, `retryable=True` unless the
-worker reported (`Committed`) that the event had made a durable write.
+call may have had a durable effect: the worker announced (`Committed`, sent before
+the COMMIT) a write for it, or a call made on the request's behalf in another
+worker (`Call.origin`, relayed here: the request's *subtree*) did. When the dead
+worker leaves calls of the subtree running elsewhere, the request is settled, not
+failed at once: those calls are abandoned (`Abandon`: their events stop unless they
+already wrote), and once the subtree is quiet the failure is retryable exactly if
+nothing in it announced a write; if it is still busy after `SETTLE_S`, it is not
+retryable. So a retryable failure is always safe to retry.
+
+Restart: at once when the worker had run for a while; with exponential backoff
+(0.05 s doubling to 5 s) only while it keeps dying within `CRASH_LOOP_S` of its
+start.
 """
 
 from __future__ import annotations
@@ -22,6 +37,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -30,6 +46,7 @@ from stateroom._errors import DurableObjectError, WorkerCrashedError
 from stateroom._framing import FramedConnection
 from stateroom._protocol import (
     PROTOCOL_VERSION,
+    Abandon,
     AssignShards,
     Call,
     Committed,
@@ -39,6 +56,8 @@ from stateroom._protocol import (
     Welcome,
 )
 
+from .fencing import WorkerRegistry
+
 
 class WorkerState(enum.Enum):
     STARTING = "starting"
@@ -46,15 +65,51 @@ class WorkerState(enum.Enum):
     DEAD = "dead"
 
 
-class Pending:
-    __slots__ = ("event", "reply", "committed", "error")
+# A worker that dies sooner than this after its start is crash-looping: back off.
+CRASH_LOOP_S = 1.0
+# Seconds a dead worker's request waits for its calls elsewhere to settle.
+SETTLE_S = 5.0
 
-    def __init__(self) -> None:
+
+class Pending:
+    __slots__ = ("event", "reply", "committed", "error", "parent", "children", "kids", "where")
+
+    def __init__(self, parent: Pending | None = None) -> None:
         self.event = trio.Event()
         self.reply: Reply | None = None
-        # True once the worker reported a durable write for this request.
+        # True once the worker announced a durable write for this request (or a call
+        # made on its behalf did).
         self.committed = False
         self.error: BaseException | None = None
+        # The request on whose behalf this one was made (a relayed worker `Call`).
+        self.parent = parent
+        # Relays of calls made on this request's behalf, from the `Call`'s arrival
+        # until the callee's reply (see `Supervisor.on_worker_message`).
+        self.children = 0
+        # The requests those relays sent (each a Pending of another worker).
+        self.kids: list[Pending] = []
+        # (worker, request_id) this request was sent as, once sent.
+        self.where: tuple[WorkerProc, int] | None = None
+
+    def mark_committed(self) -> None:
+        """A durable write happened for this request: also for every ancestor."""
+        p: Pending | None = self
+        while p is not None and not p.committed:
+            p.committed = True
+            p = p.parent
+
+    def subtree(self) -> list[Pending]:
+        """This request and every request made on its behalf, transitively."""
+        out, stack = [], [self]
+        while stack:
+            p = stack.pop()
+            out.append(p)
+            stack.extend(p.kids)
+        return out
+
+    def subtree_busy(self) -> bool:
+        """True while a call made on this request's behalf may still run somewhere."""
+        return any(p.children > 0 for p in self.subtree())
 
 
 class WorkerProc:
@@ -75,6 +130,8 @@ class WorkerProc:
         self.ready = trio.Event()
         self.objects_active = 0
         self.stats: dict[str, Any] = {}
+        # trio.current_time() of the last frame from the current process.
+        self.last_heard = 0.0
 
 
 class WorkerPool:
@@ -98,6 +155,9 @@ class WorkerPool:
         self._next_id = 0
         self.stopping = False
         self.nursery: trio.Nursery | None = None
+        data_dir = settings.get("data_dir")
+        # Workers started, on disk, so the next supervisor can fence them out.
+        self.registry = WorkerRegistry(Path(data_dir)) if data_dir else None
 
     def shards_of(self, index: int) -> list[int]:
         return [s for s, o in enumerate(self.owners) if o == index]
@@ -106,6 +166,15 @@ class WorkerPool:
         return self.workers[self.owners[shard]]
 
     async def serve(self, *, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
+        if self.registry is not None:
+            killed = await trio.to_thread.run_sync(self.registry.reap_leftovers)
+            if killed:
+                print(
+                    f"stateroom: stopped {len(killed)} leftover worker(s) of an earlier"
+                    f" supervisor: pids {killed}",
+                    file=sys.stderr,
+                    flush=True,
+                )
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
             for w in self.workers:
@@ -124,7 +193,7 @@ class WorkerPool:
                 break
             w.restarts += 1
             lived = time.monotonic() - began
-            if lived > 5:
+            if lived >= CRASH_LOOP_S:
                 backoff = 0.05
             else:
                 await trio.sleep(backoff)
@@ -147,7 +216,10 @@ class WorkerPool:
             child_sock.close()
         w.process = process
         w.pid = process.pid
+        if self.registry is not None:
+            self.registry.record(w.index, process.pid)
         w.started_at = time.time()
+        w.last_heard = trio.current_time()
         w.state = WorkerState.STARTING
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(parent_sock))
         conn = FramedConnection(stream)
@@ -169,12 +241,21 @@ class WorkerPool:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(conn.serve_writer)
 
+                reader_done = trio.Event()
+
                 async def read_then_stop() -> None:
-                    await conn.serve_reader(dispatch)
+                    try:
+                        await conn.serve_reader(dispatch)
+                    finally:
+                        reader_done.set()
                     nursery.cancel_scope.cancel()
 
                 async def wait_exit() -> None:
                     await process.wait()
+                    # Read what the worker wrote before it died (EOF follows at once,
+                    # unless a child of the worker inherited the socket).
+                    with trio.move_on_after(0.5):
+                        await reader_done.wait()
                     nursery.cancel_scope.cancel()
 
                 nursery.start_soon(read_then_stop)
@@ -220,14 +301,39 @@ class WorkerPool:
     def _fail_pending(self, w: WorkerProc, code: int | None) -> None:
         pending, w.pending = w.pending, {}
         for p in pending.values():
-            if not p.event.is_set():
-                p.error = WorkerCrashedError(
-                    f"worker {w.index} (pid {w.pid}) exited with code {code} during the call",
-                    retryable=not p.committed,
-                )
-                p.event.set()
+            if p.event.is_set():
+                continue
+            if p.committed or not p.subtree_busy() or self.nursery is None:
+                self._fail_crashed(w, p, code)
+            else:
+                self.nursery.start_soon(self._settle, w, p, code)
+
+    async def _settle(self, w: WorkerProc, p: Pending, code: int | None) -> None:
+        """Abandon the dead request's calls elsewhere, wait for quiet, then fail it."""
+        for q in p.subtree():
+            if q is not p and q.where is not None and not q.event.is_set():
+                callee, rid = q.where
+                if callee.conn is not None and not callee.conn.closed:
+                    try:
+                        callee.conn.send(Abandon(rid))
+                    except trio.ClosedResourceError:
+                        pass
+        with trio.move_on_after(SETTLE_S):
+            while p.subtree_busy() and not p.committed:
+                await trio.sleep(0.005)
+        self._fail_crashed(w, p, code)
+
+    def _fail_crashed(self, w: WorkerProc, p: Pending, code: int | None) -> None:
+        durable = p.committed or p.subtree_busy()
+        p.error = WorkerCrashedError(
+            f"worker {w.index} (pid {w.pid}) exited with code {code} during the call"
+            + (" (it may have made a durable write, so it is not retryable)" if durable else ""),
+            retryable=not durable,
+        )
+        p.event.set()
 
     def _on_worker_message(self, w: WorkerProc, msg: Any) -> None:
+        w.last_heard = trio.current_time()
         if isinstance(msg, Reply):
             p = w.pending.pop(msg.request_id, None)
             if p is not None:
@@ -236,7 +342,7 @@ class WorkerPool:
         elif isinstance(msg, Committed):
             p = w.pending.get(msg.request_id)
             if p is not None:
-                p.committed = True
+                p.mark_committed()
         elif isinstance(msg, Stats):
             w.objects_active = msg.objects_active
             self.on_message(w, msg)
@@ -247,14 +353,31 @@ class WorkerPool:
         self._next_id += 1
         return self._next_id
 
-    async def request(self, w: WorkerProc, make: Callable[[int], Any], *, wait_ready: float = 10.0) -> Reply:
+    async def request(
+        self,
+        w: WorkerProc,
+        make: Callable[[int], Any],
+        *,
+        wait_ready: float = 10.0,
+        parent: Pending | None = None,
+        starting: bool = False,
+    ) -> Reply:
         """Send `make(request_id)` to worker `w` and await its reply.
 
+        `parent`: the request on whose behalf this call is made (a relayed worker
+        `Call`); a durable write by this call marks the parent too. (The relay
+        counts itself in `parent.children` from the moment the `Call` arrives.)
+        `starting`: send even though `w` is still starting (readiness hooks).
+
         Raises `WorkerCrashedError` if the worker dies first (retryable unless the
-        call committed), `DurableObjectError(retryable=True)` if it is not ready in
-        time. Cancellation sends nothing further; the worker's reply is dropped.
+        call may have committed), `DurableObjectError(retryable=True)` if it is not
+        ready in time. Cancellation sends nothing further; the worker's reply is
+        dropped.
         """
-        if w.state is not WorkerState.READY:
+        if starting:
+            if w.state is WorkerState.DEAD or w.conn is None:
+                raise DurableObjectError(f"worker {w.index} is restarting; try again", retryable=True)
+        elif w.state is not WorkerState.READY:
             with trio.move_on_after(wait_ready):
                 await w.ready.wait()
             if w.state is not WorkerState.READY:
@@ -262,7 +385,10 @@ class WorkerPool:
                     f"worker {w.index} is restarting; try again", retryable=True
                 )
         rid = self.next_request_id()
-        p = Pending()
+        p = Pending(parent)
+        p.where = (w, rid)
+        if parent is not None:
+            parent.kids.append(p)
         w.pending[rid] = p
         conn = w.conn
         assert conn is not None

@@ -1,4 +1,5 @@
-"""Object-level admin operations run by the owning worker (info, delete, export, import, inject)."""
+"""Object-level admin operations run by the owning worker (info, delete, export, import,
+inject, run_in_object)."""
 
 from __future__ import annotations
 
@@ -11,9 +12,12 @@ from stateroom._protocol import Admin
 async def run_admin(worker: Any, msg: Admin) -> bytes:
     target = msg.target
     if msg.op == "inject":
-        key = (msg.params["point"], target.class_name, target.id)
-        worker.faults[key] = float(msg.params.get("times", 1))
+        worker.faults.arm(msg.params["point"], target, msg.params.get("times", 1))
         return _codec.encode(True)
+    if msg.op == "run_in_object":
+        from .probes import run_in_object
+
+        return await run_in_object(worker, target, msg.data, msg.request_id)
     if msg.op == "info":
         host = worker.catalog.get((target.class_name, target.id))
         path = worker.object_path(target)

@@ -196,7 +196,7 @@ class ObjectHost:
                 event.scope = scope
                 task_status.started()
                 try:
-                    result = await event.fn(self.instance)
+                    result = await self.worker.metered(self, event.fn(self.instance))
                     if event.generation != self.generation:
                         raise ObjectResetError(
                             "the object was reset during this event",
@@ -225,6 +225,10 @@ class ObjectHost:
                             retryable=not event.committed,
                         )
                     event.finish(error=exc)
+            if scope.cancelled_caught and event.wrote and event.generation == self.generation:
+                # Cancelled after writing (e.g. in a `finally`): the write commits with
+                # the next batch; announce it before the event's reply (SPEC §8).
+                await self.wait_durable()
             if scope.cancelled_caught and not event.done.is_set():
                 event.finish(
                     error=ObjectResetError(
@@ -294,18 +298,23 @@ class ObjectHost:
             return
         if self.db.in_txn:
             self.worker.fault_point("before_commit", self)
-            try:
-                self.db.commit()
-            except Exception as exc:
-                self.reset(f"commit failed: {exc}")
-                raise ObjectResetError(f"commit failed: {exc}", retryable=False) from None
+            # Announce before committing: from here on a crash may leave the write
+            # durable, so the events' failures are no longer retryable (SPEC §8).
+            announce = []
             for ev in self.inflight:
                 if ev.wrote:
                     ev.wrote = False
                     if not ev.committed:
                         ev.committed = True
                         if ev.request_id is not None:
-                            self.worker.notify_committed(ev.request_id)
+                            announce.append(ev.request_id)
+            if announce:
+                self.worker.notify_committed(announce)
+            try:
+                self.db.commit()
+            except Exception as exc:
+                self.reset(f"commit failed: {exc}")
+                raise ObjectResetError(f"commit failed: {exc}", retryable=False) from None
             self.worker.fault_point("after_commit", self)
         self._durable.set()
         self._durable = trio.Event()

@@ -14,6 +14,7 @@ dead supervisor go away by themselves).
 
 from __future__ import annotations
 
+import contextvars
 import os
 import sys
 import time
@@ -38,6 +39,7 @@ from stateroom._ids import DurableObjectId, IdFactory
 from stateroom._object import DurableObject, WorkerEntrypoint, is_rpc_callable
 from stateroom._protocol import (
     PROTOCOL_VERSION,
+    Abandon,
     Admin,
     AssignShards,
     Call,
@@ -61,13 +63,36 @@ from stateroom._stub import DurableObjectNamespace
 from stateroom._wire import request_from_wire, request_to_wire, response_from_wire, response_to_wire
 
 from .alarms import AlarmStore
-from .catalog import Event, HostState, ObjectHost
+from .catalog import CURRENT_EVENT, Event, HostState, ObjectHost
 from .context import EntrypointContext, Env, ObjectState
+from .faults import FaultTable
+from .limits import Watchdog
 from .meters import WorkerMeters
 from .pitr import Pitr
 from .redeploy import Redeployer
 from .sockets import SocketRegistry
 from .storage import DEFAULT_MAX_DB_BYTES, Database
+
+# The supervisor request the current task serves (set for `Default` requests; object
+# events carry theirs in `Event.request_id`).
+ORIGIN: contextvars.ContextVar[int] = contextvars.ContextVar("stateroom_origin", default=0)
+
+
+def current_origin() -> int:
+    """The supervisor request on whose behalf the current task works (0: none).
+
+    A stub call made for it carries it (`Call.origin`, or the local event's
+    `request_id`), so a durable write by the callee marks that request as having a
+    durable effect: its failure is then not retryable (SPEC §8).
+    """
+    event = CURRENT_EVENT.get()
+    if event is not None:
+        return event.request_id or 0
+    return ORIGIN.get()
+
+
+async def _skip_event(instance: Any) -> None:
+    """Stands in for an abandoned event that had not started (see `Worker.abandon`)."""
 
 
 def error_response(exc: BaseException, debug: bool) -> Response:
@@ -124,7 +149,7 @@ class WorkerTransport:
     async def fetch(self, target: Target, request: Request) -> Response:
         w = self.worker
         if w.owns(target):
-            return await w.object_fetch(target, request, None)
+            return await w.object_fetch(target, request, current_origin())
         reply = await w.call(Call(0, target, "fetch", request=request_to_wire(request)))
         assert reply.response is not None
         return response_from_wire(reply.response)
@@ -132,7 +157,7 @@ class WorkerTransport:
     async def rpc(self, target: Target, method: str, args: bytes) -> Any:
         w = self.worker
         if w.owns(target):
-            return _codec.decode(await w.object_rpc(target, method, args, None))
+            return _codec.decode(await w.object_rpc(target, method, args, current_origin()))
         reply = await w.call(Call(0, target, "rpc", method=method, args=args))
         return _codec.decode(reply.value)
 
@@ -157,8 +182,13 @@ class Worker:
         self._calls: dict[int, list[Any]] = {}
         # Supervisor requests being served: request_id -> cancel scope.
         self._serving: dict[int, trio.CancelScope] = {}
-        # Armed crash points: (point, class, id) -> remaining count (or probability < 1).
-        self.faults: dict[tuple[str, str, str], float] = {}
+        # Object events delivered for a supervisor request (also local calls made on
+        # its behalf): request_id -> events not finished. Read by `abandon`.
+        self.events: dict[int, set[Event]] = {}
+        # Armed crash points (fault injection, SPEC §13).
+        self.faults = FaultTable(self)
+        # CPU limit per event; installed once the supervisor's settings arrive.
+        self.watchdog: Watchdog | None = None
         self.transport = WorkerTransport(self)
         self.alarms = AlarmStore(self)
         self.sockets = SocketRegistry(self)
@@ -176,29 +206,24 @@ class Worker:
         shard = shard_of(target.id, self.shard_count)
         return bool(self.owners) and self.owners[shard] == self.index
 
-    def notify_committed(self, request_id: int) -> None:
-        self.conn.send(Committed(request_id))
+    def notify_committed(self, request_ids: list[int]) -> None:
+        """Tell the supervisor, before the COMMIT runs, that these requests are about
+        to make a durable write (so their failures are no longer retryable). The
+        frames are handed to the kernel now: a kill right after the commit cannot
+        lose them."""
+        for rid in request_ids:
+            self.conn.send(Committed(rid))
+        self.conn.flush_now()
 
     def fault_point(self, point: str, host: ObjectHost) -> None:
-        if not self.faults:
-            return
-        key = (point, host.target.class_name, host.target.id)
-        n = self.faults.get(key)
-        if n is None:
-            return
-        if n >= 1:
-            if n <= 1:
-                del self.faults[key]
-            else:
-                self.faults[key] = n - 1
-        else:
-            import random
+        """Crash here if a fault is armed for `point` and this object (faults.py)."""
+        self.faults.reach(point, host)
 
-            if random.random() >= n:
-                return
-        self.log(f"fault injection: crashing at {point} for {host.target.id[:12]}")
-        sys.stderr.flush()
-        os._exit(70)
+    def metered(self, host: ObjectHost, coro: Any) -> Any:
+        """`coro` (an event of `host`) under the CPU limit per event (limits.py)."""
+        if self.watchdog is None:
+            return coro
+        return self.watchdog.metered(host, coro)
 
     def has_alarm(self, host: ObjectHost) -> bool:
         return self.alarms.get(host) is not None
@@ -275,10 +300,58 @@ class Worker:
         host = self.host_for(target)
         event = Event(fn, request_id)
         host.submit(event)
-        await event.done.wait()
+        if request_id:
+            self.events.setdefault(request_id, set()).add(event)
+        try:
+            await event.done.wait()
+        finally:
+            if request_id:
+                events = self.events.get(request_id)
+                if events is not None:
+                    events.discard(event)
+                    if not events:
+                        del self.events[request_id]
         if event.error is not None:
             raise event.error
         return event.result
+
+    def abandon(self, request_id: int) -> None:
+        """The maker of `request_id` is gone: stop its events that wrote nothing.
+
+        A queued event is dropped, a running one cancelled (its object is not
+        reset). Events that wrote run on: their commit is announced as usual, so
+        the supervisor knows the dead caller's request had a durable effect.
+        """
+        for event in list(self.events.get(request_id, ())):
+            if event.wrote or event.committed or event.done.is_set():
+                continue
+            if event.scope is not None:
+                # Finishes the event once cancelled (after any write it still makes
+                # is durable; see `ObjectHost._run_event`).
+                event.scope.cancel()
+            else:
+                event.finish(
+                    error=DurableObjectError("the caller of this request is gone", retryable=True)
+                )
+                event.fn = _skip_event
+
+    async def deliver_call(self, target: Target, fn: Any, request_id: int | None) -> Any:
+        """`deliver` a fetch or RPC: its reply is ready (writes durable, output gate
+        open) when the event finishes, which is the `before_reply` crash point."""
+        try:
+            result = await self.deliver(target, fn, request_id)
+        except trio.Cancelled:
+            raise
+        except BaseException:
+            self._reply_ready(target)
+            raise
+        self._reply_ready(target)
+        return result
+
+    def _reply_ready(self, target: Target) -> None:
+        host = self.catalog.get((target.class_name, target.id))
+        if host is not None:
+            self.fault_point("before_reply", host)
 
     async def object_fetch(self, target: Target, request: Request, request_id: int | None) -> Response:
         debug = self.debug
@@ -301,7 +374,7 @@ class Worker:
             return response
 
         self.meters.count_request(self.host_for(target))
-        return await self.deliver(target, fn, request_id)
+        return await self.deliver_call(target, fn, request_id)
 
     async def object_rpc(self, target: Target, method: str, args: bytes, request_id: int | None) -> bytes:
         call_args, call_kwargs = _codec.decode(args)
@@ -316,7 +389,7 @@ class Worker:
             return _codec.encode(result)
 
         self.meters.count_request(self.host_for(target))
-        return await self.deliver(target, fn, request_id)
+        return await self.deliver_call(target, fn, request_id)
 
     def evict(self, host: ObjectHost) -> None:
         key = (host.target.class_name, host.target.id)
@@ -356,7 +429,12 @@ class Worker:
         slot: list[Any] = [trio.Event(), None]
         self._calls[rid] = slot
         try:
-            self.conn.send(Call(rid, msg.target, msg.kind, msg.request, msg.method, msg.args))
+            self.conn.send(
+                Call(
+                    rid, msg.target, msg.kind, msg.request, msg.method, msg.args,
+                    origin=current_origin(),
+                )
+            )
             await slot[0].wait()
         finally:
             self._calls.pop(rid, None)
@@ -381,6 +459,8 @@ class Worker:
             scope = self._serving.get(msg.request_id)
             if scope is not None:
                 scope.cancel()
+        elif isinstance(msg, Abandon):
+            self.abandon(msg.request_id)
         elif isinstance(msg, AssignShards):
             self.owners = list(msg.owners)
         elif isinstance(msg, RunAlarm):
@@ -422,6 +502,7 @@ class Worker:
 
     async def _serve_request(self, msg: Any) -> None:
         rid = msg.request_id
+        ORIGIN.set(rid)
         with trio.CancelScope() as scope:
             self._serving[rid] = scope
             try:
@@ -432,11 +513,6 @@ class Worker:
                 reply = Reply(rid, False, error=error_to_fields(exc))
             finally:
                 self._serving.pop(rid, None)
-            target = getattr(msg, "target", None)
-            if target is not None and not isinstance(msg, Admin):
-                host = self.catalog.get((target.class_name, target.id))
-                if host is not None:
-                    self.fault_point("before_reply", host)
             self.conn.send(reply)
 
     async def _answer(self, msg: Any) -> Reply:
@@ -522,6 +598,8 @@ async def run_worker(fd: int, index: int) -> None:
         worker.data_dir = Path(w.settings["data_dir"])
         worker.shard_count = w.shard_count
         nursery.start_soon(worker.serve_evictions)
+        worker.watchdog = Watchdog(worker, float(w.settings.get("cpu_limit", 30.0)))
+        worker.watchdog.start(nursery)
         nursery.start_soon(worker.serve_stats)
         worker.sockets.start()
         worker.log(f"ready at {time.strftime('%H:%M:%S')}")

@@ -9,9 +9,9 @@ per-process CPU and memory, requests per second and cost per minute with uPlot
 
 Authentication: like every reserved route it needs the token. A browser opens
 `/_stateroom/dashboard?token=T` once; the answer sets the cookie
-`stateroom_token` (HttpOnly, SameSite=Strict, path `/_stateroom/`) and redirects
-to the bare URL, so the token leaves the address bar and the page's own requests
-authenticate with the cookie. Assets are a fixed list of files (no path from the
+`stateroom_token` (HttpOnly, SameSite=Strict, path `/_stateroom/`), the page
+removes the token from the address bar (`history.replaceState`), and its own
+requests authenticate with the cookie. Assets are a fixed list of files (no path from the
 request reaches the file system), served with a Content-Security-Policy that
 allows only same-origin scripts.
 """
@@ -64,23 +64,15 @@ class Dashboard:
             ("referrer-policy", "no-referrer"),
         ]
         if len(parts) == 1:
+            page = [*headers, ("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")]
             if "token" in query:
-                # Authorized by ?token= (checked before routing): keep it in a cookie.
-                cookie = (
-                    f"stateroom_token={query['token']}; Path=/_stateroom/; HttpOnly;"
-                    " SameSite=Strict"
+                # Authorized by ?token= (checked before routing): keep it in a cookie;
+                # the page then drops the token from its address (history.replaceState).
+                page.append(
+                    ("set-cookie", f"stateroom_token={query['token']}; Path=/_stateroom/;"
+                     " HttpOnly; SameSite=Strict")
                 )
-                return HttpResponse(
-                    303,
-                    [*headers, ("set-cookie", cookie), ("location", "/_stateroom/dashboard"),
-                     ("cache-control", "no-store")],
-                    b"",
-                )
-            return HttpResponse(
-                200,
-                [*headers, ("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")],
-                self._file("dashboard.html"),
-            )
+            return HttpResponse(200, page, self._file("dashboard.html"))
         if len(parts) == 2 and parts[1] in ASSETS:
             return HttpResponse(
                 200,

@@ -25,6 +25,11 @@
 
   const $ = (id) => document.getElementById(id);
 
+  // The token came in the address once; the cookie carries it from now on.
+  if (new URLSearchParams(location.search).has("token")) {
+    history.replaceState(null, "", location.pathname);
+  }
+
   function keyOf(p) {
     return p.role === "supervisor" ? "supervisor" : "worker " + (p.index ?? p.pid);
   }

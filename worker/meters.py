@@ -48,7 +48,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Generator
+from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
 __all__ = ["WorkerMeters", "charged", "meters_enabled"]
@@ -64,7 +64,9 @@ def meters_enabled(environ: Any = None) -> bool:
 ENABLED = meters_enabled()
 
 
-def charged(host: Any, async_fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[Any]]:
+def charged(
+    host: Any, async_fn: Callable[..., Coroutine[Any, Any, Any]]
+) -> Callable[..., Coroutine[Any, Any, Any]]:
     """`async_fn` whose task charges the thread CPU of each of its steps to `host`.
 
     Use it where a task is spawned: `nursery.start_soon(charged(host, fn), *args)`.

@@ -211,7 +211,7 @@ async def test_meters_reach_disk_within_five_seconds_and_survive_kill_9(stateroo
         await stub.hit()
     db = apsw.Connection(str(rt.data / "runtime.sqlite"), flags=apsw.SQLITE_OPEN_READONLY)
     try:
-        with trio.fail_after(6):  # 1 s worker report + 4 s persist period, plus slack
+        with trio.fail_after(7):  # 1 s worker report + 4 s persist period, plus slack
             while True:
                 rows = list(db.execute("SELECT coalesce(sum(requests), 0) FROM meters"))
                 if rows[0][0] == 9:

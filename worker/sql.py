@@ -31,6 +31,8 @@ class Cursor:
     are known up front.
     """
 
+    __slots__ = ("column_names", "_rows", "_pos", "rows_read", "rows_written")
+
     def __init__(
         self, columns: list[str], rows: list[tuple[Any, ...]], rows_read: int, rows_written: int
     ) -> None:
@@ -68,12 +70,13 @@ class Cursor:
 
     def one(self) -> dict[str, Any]:
         """The only row. Raises SqlError unless exactly one row remains."""
-        rows = self.to_array()
-        if len(rows) != 1:
-            raise SqlError(
-                f"expected exactly one row, got {'none' if not rows else len(rows)}"
-            )
-        return rows[0]
+        left = len(self._rows) - self._pos
+        if left != 1:
+            self._pos = len(self._rows)
+            raise SqlError(f"expected exactly one row, got {'none' if not left else left}")
+        row = self._rows[self._pos]
+        self._pos += 1
+        return dict(zip(self.column_names, row, strict=False))
 
     def __repr__(self) -> str:
         return (

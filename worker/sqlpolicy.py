@@ -95,6 +95,24 @@ _NAME_IN_ARG2 = frozenset(
         apsw.SQLITE_ALTER_TABLE,
     }
 )
+# Actions that change the schema (or statistics, hence query plans).
+_SCHEMA_CHANGES = frozenset(
+    {
+        apsw.SQLITE_CREATE_INDEX,
+        apsw.SQLITE_CREATE_TABLE,
+        apsw.SQLITE_CREATE_TRIGGER,
+        apsw.SQLITE_CREATE_VIEW,
+        apsw.SQLITE_CREATE_VTABLE,
+        apsw.SQLITE_DROP_INDEX,
+        apsw.SQLITE_DROP_TABLE,
+        apsw.SQLITE_DROP_TRIGGER,
+        apsw.SQLITE_DROP_VIEW,
+        apsw.SQLITE_DROP_VTABLE,
+        apsw.SQLITE_ALTER_TABLE,
+        apsw.SQLITE_ANALYZE,
+        apsw.SQLITE_REINDEX,
+    }
+)
 _ALWAYS_REFUSED = frozenset(
     {apsw.SQLITE_TRANSACTION, apsw.SQLITE_SAVEPOINT, apsw.SQLITE_ATTACH, apsw.SQLITE_DETACH}
 )
@@ -116,13 +134,16 @@ class Policy:
       user: True while user SQL runs (checks apply); False for the runtime's own SQL.
       refused: a description of the last refused action (for the error message), or
         None; cleared by the caller before each user statement.
+      schema_changed: set when user SQL prepared a schema change (DDL, ANALYZE);
+        cleared by the storage layer once it forgot what it knew of statements.
     """
 
-    __slots__ = ("user", "refused")
+    __slots__ = ("user", "refused", "schema_changed")
 
     def __init__(self) -> None:
         self.user = False
         self.refused: str | None = None
+        self.schema_changed = False
 
     def authorize(
         self,
@@ -154,6 +175,8 @@ class Policy:
         ):
             name = arg1 if is_reserved(arg1) else arg2
             return self._refuse(f"access to reserved table {name}")
+        if action in _SCHEMA_CHANGES:
+            self.schema_changed = True
         return _OK
 
     def _refuse(self, what: str) -> int:

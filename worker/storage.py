@@ -70,11 +70,28 @@ MAX_BINDINGS = 100
 MAX_ROW_BYTES = 2 * 1024 * 1024
 # A KV row holds a key and a value at their limits plus record overhead.
 _KV_ROW_BYTES = MAX_VALUE_BYTES + MAX_KEY_BYTES + 1024
+# KV rows bigger than this may pass MAX_ROW_BYTES: the limit is raised around them.
+_BIG_ROW = MAX_ROW_BYTES - 1024
 DEFAULT_MAX_DB_BYTES = 10 * 1024**3
 # Headroom between the database limit and SQLite's hard max_page_count.
 _FULL_SLACK = 2 * MAX_ROW_BYTES
 # Cached runtime statement (it names the reserved prefix, so user SQL never hits it).
 _PAGE_COUNT = "PRAGMA page_count /* _stateroom_ */"
+_PUT = f"INSERT OR REPLACE INTO {KV_TABLE}(key, value) VALUES(?, ?)"
+# Re-measure the database size at least every this many writes (it is a PRAGMA).
+_SIZE_EVERY = 64
+_MAX_PLANS = 512
+
+
+class _StmtInfo:
+    """What one user SQL text does: `scans` (its plan scans a table: count the steps
+    with the profile trace) and `columns` (result column names, for empty results)."""
+
+    __slots__ = ("scans", "columns")
+
+    def __init__(self, scans: bool, columns: list[str]) -> None:
+        self.scans = scans
+        self.columns = columns
 
 _FULLSCAN = "SQLITE_STMTSTATUS_FULLSCAN_STEP"
 _TRACE_ID = "stateroom-rows"
@@ -182,6 +199,15 @@ class Database:
         self.history = history
         # Page size of the open database (set at open).
         self._page_size = 4096
+        # What is known of user statements already run once (by exact SQL text):
+        # whether their plan scans a table, and their result columns. Cleared when
+        # the schema may have changed (DDL, delete_all, a restore or import, close).
+        self._plans: dict[str, _StmtInfo] = {}
+        # Full-scan steps counted by the profile trace during the current statement.
+        self._scan_steps = 0
+        # Last measured logical size in bytes, and calls since it was measured.
+        self._used_cache = 0
+        self._used_age = _SIZE_EVERY
 
     # ------------------------------------------------------------- lifecycle
 
@@ -232,7 +258,8 @@ class Database:
         x(f"PRAGMA max_page_count={max(2, (self.max_db_bytes + _FULL_SLACK) // page_size)}")
         conn.limit(apsw.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_BYTES)
         conn.limit(apsw.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_BINDINGS)
-        conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
+        # Rows (and strings/blobs) of user SQL; KV writes of a near-limit value raise it.
+        conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
         if self.history is not None:
             # Archives whatever WAL a crashed predecessor left, then labels commits.
             self.history.attach(conn)
@@ -249,6 +276,7 @@ class Database:
         if self.conn is None:
             return
         conn = self.conn
+        self.forget_plans()
         try:
             if self.in_txn:
                 self.rollback()
@@ -294,6 +322,7 @@ class Database:
 
     def rollback(self) -> None:
         if self.in_txn and self.conn is not None:
+            self.forget_plans()  # a rolled-back schema change is undone
             self.in_txn = False
             if not self.conn.getautocommit():
                 self._x("ROLLBACK")
@@ -313,6 +342,7 @@ class Database:
             yield
         except BaseException as exc:
             conn = self.conn
+            self.forget_plans()
             if conn is not None and not conn.getautocommit():
                 self._x("ROLLBACK TO _stateroom_call")
                 self._x("RELEASE _stateroom_call")
@@ -331,7 +361,16 @@ class Database:
     def used_bytes(self) -> int:
         """Logical size of the open database (pages in use, WAL included)."""
         assert self.conn is not None
-        return int(self.conn.execute(_PAGE_COUNT).get) * self._page_size
+        self._used_age = 0
+        self._used_cache = int(self.conn.execute(_PAGE_COUNT).get) * self._page_size
+        return self._used_cache
+
+    def _used_estimate(self) -> int:
+        """`used_bytes()`, re-measured every `_SIZE_EVERY` calls or near the limit."""
+        self._used_age += 1
+        if self._used_age >= _SIZE_EVERY or self._used_cache + _FULL_SLACK > self.max_db_bytes:
+            return self.used_bytes()
+        return self._used_cache
 
     def full_message(self) -> str:
         return f"database is full: the limit is {self.max_db_bytes:,} bytes (--max-db-bytes)"
@@ -377,21 +416,57 @@ class Database:
         rows = [(key_bytes(k), value_bytes(v)) for k, v in entries.items()]
         if not rows:
             return 0
+        if len(rows) == 1:
+            self._put_row(*rows[0])
+            return 1
         conn = self.write_conn()
         estimate = sum(len(k) + len(v) + 64 for k, v in rows)
-        if self.used_bytes() + estimate > self.max_db_bytes:
-            raise ValueError(self.full_message())
+        self._check_room(estimate)
+        big = any(len(k) + len(v) > _BIG_ROW for k, v in rows)
         try:
-            with self._atomic(len(rows) > 1):
-                conn.executemany(
-                    f"INSERT OR REPLACE INTO {KV_TABLE}(key, value) VALUES(?, ?)", rows
-                )
+            if big:
+                conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
+            with self._atomic():
+                conn.executemany(_PUT, rows)
         except apsw.Error as exc:
             message = self.limit_error(exc)
             if message is not None:
                 raise ValueError(message) from None
             raise
+        finally:
+            if big:
+                conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
+        self._used_cache += estimate
         return len(rows)
+
+    def kv_put(self, key: str, value: Any) -> None:
+        """Write one entry (the common case of `kv_put_many`)."""
+        self._put_row(key_bytes(key), value_bytes(value))
+
+    def _put_row(self, kb: bytes, vb: bytes) -> None:
+        conn = self.write_conn()
+        size = len(kb) + len(vb)
+        self._check_room(size + 64)
+        try:
+            if size > _BIG_ROW:
+                conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
+            conn.execute(_PUT, (kb, vb))
+        except apsw.Error as exc:
+            self._after_error(exc)
+            message = self.limit_error(exc)
+            if message is not None:
+                raise ValueError(message) from None
+            raise
+        finally:
+            if size > _BIG_ROW:
+                conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
+        self._used_cache += size + 64
+
+    def _check_room(self, estimate: int) -> None:
+        """Refuse (ValueError) a KV write that would take the database past its limit."""
+        if self._used_estimate() + estimate > self.max_db_bytes:
+            if self.used_bytes() + estimate > self.max_db_bytes:
+                raise ValueError(self.full_message())
 
     def kv_delete_many(self, keys: list[str]) -> int:
         """Delete the keys; returns how many existed."""
@@ -468,6 +543,7 @@ class Database:
         if conn is None:
             return
         conn = self.write_conn()
+        self.forget_plans()
         with self._atomic():
             self._x("PRAGMA defer_foreign_keys=ON")
             conn.execute(f"DELETE FROM {KV_TABLE}")
@@ -532,31 +608,69 @@ class Database:
         Rows read: rows SQLite stepped through in full scans plus rows returned;
         rows written: rows inserted, updated or deleted (incl. by triggers).
         Raises SqlError (with `.sqlite_code`) and leaves nothing of the call behind.
+
+        A SQL text seen before (one statement, already checked) takes a fast path:
+        no statement splitting, no savepoint (one statement is atomic by itself) and
+        the profile trace only if its plan scans a table.
         """
         if not isinstance(query, str):
             raise TypeError(f"sql.exec() takes a str query, not {type(query).__name__}")
-        size = len(query.encode("utf-8", "surrogatepass"))
-        if size > MAX_SQL_BYTES:
-            raise SqlError(
-                f"SQL statement is {size:,} bytes; the limit is {MAX_SQL_BYTES:,} bytes",
-                apsw.SQLITE_TOOBIG,
-            )
+        if len(query) * 3 > MAX_SQL_BYTES:
+            size = len(query.encode("utf-8", "surrogatepass"))
+            if size > MAX_SQL_BYTES:
+                raise SqlError(
+                    f"SQL statement is {size:,} bytes; the limit is {MAX_SQL_BYTES:,} bytes",
+                    apsw.SQLITE_TOOBIG,
+                )
         if len(bindings) > MAX_BINDINGS:
             raise SqlError(
                 f"{len(bindings)} bound parameters; the limit is {MAX_BINDINGS} per statement",
                 apsw.SQLITE_RANGE,
             )
+        conn = self.write_conn()
+        info = self._plans.get(query)
+        if info is not None and self._used_estimate() + _FULL_SLACK <= self.max_db_bytes:
+            return self._sql_exec_known(conn, query, bindings, info)
+        return self._sql_exec_full(conn, query, bindings)
+
+    def _on_profile(self, event: dict[str, Any]) -> None:
+        if not event.get("trigger"):
+            self._scan_steps += event["stmt_status"].get(_FULLSCAN, 0)
+
+    def _sql_exec_known(
+        self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...], info: _StmtInfo
+    ) -> tuple[list[str], list[tuple[Any, ...]], int, int]:
+        policy = self.policy
+        before = conn.total_changes()
+        self._scan_steps = 0
+        scans = info.scans
+        if scans:
+            conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, self._on_profile, id=_TRACE_ID)
+        policy.user = True
+        policy.refused = None
+        try:
+            rows = conn.execute(query, bindings).fetchall()
+        except apsw.Error as exc:
+            policy.user = False
+            self._after_error(exc)
+            raise self._sql_error(exc) from None
+        finally:
+            policy.user = False
+            if scans:
+                conn.trace_v2(0, None, id=_TRACE_ID)
+        if policy.schema_changed:
+            self.forget_plans()
+        return info.columns, rows, self._scan_steps + len(rows), conn.total_changes() - before
+
+    def _sql_exec_full(
+        self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...]
+    ) -> tuple[list[str], list[tuple[Any, ...]], int, int]:
         statements = split_statements(query)
         reserved = mentions_reserved(query)
-        cache = not reserved
-        conn = self.write_conn()
+        # Prepared afresh: a cached statement prepared before a schema change still
+        # describes its old columns until its first step re-prepares it.
+        cache = False
         policy = self.policy
-        scanned = [0]
-
-        def on_profile(event: dict[str, Any]) -> None:
-            if not event.get("trigger"):
-                scanned[0] += event["stmt_status"].get(_FULLSCAN, 0)
-
         columns: list[str] = []
 
         def on_exec(cursor: apsw.Cursor, sql: str, _bindings: Any) -> bool:
@@ -570,8 +684,8 @@ class Database:
         used = self.used_bytes()
         near_full = used + _FULL_SLACK > self.max_db_bytes
         before = conn.total_changes()
-        conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, on_profile, id=_TRACE_ID)
-        conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
+        self._scan_steps = 0
+        conn.trace_v2(apsw.SQLITE_TRACE_PROFILE, self._on_profile, id=_TRACE_ID)
         try:
             with self._atomic(len(statements) > 1 or reserved or near_full):
                 policy.user = True
@@ -592,10 +706,34 @@ class Database:
         except apsw.Error as exc:
             raise self._sql_error(exc) from None
         finally:
-            conn.limit(apsw.SQLITE_LIMIT_LENGTH, _KV_ROW_BYTES)
             conn.trace_v2(0, None, id=_TRACE_ID)
         written = conn.total_changes() - before
-        return columns, rows, scanned[0] + returned + len(rows), written
+        read = self._scan_steps + returned + len(rows)
+        if policy.schema_changed:
+            self.forget_plans()
+        elif len(statements) == 1 and not reserved:
+            self._learn(conn, query, bindings, columns)
+        return columns, rows, read, written
+
+    def _learn(
+        self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...], columns: list[str]
+    ) -> None:
+        """Remember a statement that ran: whether its plan scans a table, its columns."""
+        if len(self._plans) >= _MAX_PLANS:
+            self._plans.clear()
+        try:
+            plan = conn.execute("EXPLAIN QUERY PLAN " + query, bindings, can_cache=False).fetchall()
+        except (apsw.Error, TypeError, ValueError):
+            return
+        scans = any(
+            str(row[-1]).startswith("SCAN ") and "CONSTANT ROW" not in str(row[-1]) for row in plan
+        )
+        self._plans[query] = _StmtInfo(scans, list(columns))
+
+    def forget_plans(self) -> None:
+        """The schema may have changed: statements are looked at afresh."""
+        self._plans.clear()
+        self.policy.schema_changed = False
 
     def _refuse_reserved_definitions(self, conn: apsw.Connection) -> None:
         """Views and triggers are not resolved when created: refuse any naming a reserved table."""
@@ -657,6 +795,7 @@ class Database:
             raise RuntimeError("replace_with with a transaction open")
         conn = self.open(create=True)
         assert conn is not None
+        self.forget_plans()
         with conn.backup("main", source, "main") as backup:
             while not backup.done:
                 backup.step(-1)

@@ -60,19 +60,20 @@ class SyncKv:
 
     def put(self, key: Any, value: Any = _MISSING, **_options: Any) -> None:
         """`put(key, value)` or `put({key: value, ...})` (at most 128 entries; all or none)."""
+        host = self._host
         if isinstance(key, dict):
             if value is not _MISSING:
                 raise TypeError("put({...}) takes no separate value")
-            entries = key
+            written = host.db.kv_put_many(key)
+            if not written:
+                return
         else:
             if value is _MISSING:
                 raise TypeError("put(key, value) needs a value")
-            entries = {key: value}
-        host = self._host
-        written = host.db.kv_put_many(entries)
-        if written:
-            _wrote(host)
-            host.counters.rows_written += written
+            host.db.kv_put(key, value)
+            written = 1
+        _wrote(host)
+        host.counters.rows_written += written
 
     def delete(self, key: Any, **_options: Any) -> Any:
         """`delete(key) -> bool`; `delete([keys]) -> int` (how many existed)."""
@@ -181,6 +182,8 @@ class Storage:
         host.txn_depth -= 1
         db = host.db
         conn = db.conn
+        if not ok:
+            db.forget_plans()
         if conn is not None and db.in_txn and not conn.getautocommit():
             if not ok:
                 db._x(f"ROLLBACK TO {name}")  # noqa: SLF001

@@ -22,9 +22,9 @@ already wrote), and once the subtree is quiet the failure is retryable exactly i
 nothing in it announced a write; if it is still busy after `SETTLE_S`, it is not
 retryable. So a retryable failure is always safe to retry.
 
-Restart: at once when the worker had run for a while; with exponential backoff
-(0.05 s doubling to 5 s) only while it keeps dying within `CRASH_LOOP_S` of its
-start.
+Restart: at once, unless the slot keeps crashing: after `FREE_RESTARTS` processes
+in a row each died within `CRASH_LOOP_S` of its start, the next restarts wait
+0.25 s, doubling up to `MAX_BACKOFF_S`; a process that lives longer resets that.
 """
 
 from __future__ import annotations
@@ -66,7 +66,10 @@ class WorkerState(enum.Enum):
 
 
 # A worker that dies sooner than this after its start is crash-looping: back off.
-CRASH_LOOP_S = 1.0
+CRASH_LOOP_S = 1.5
+# Quick deaths in a row restarted without delay before backoff begins.
+FREE_RESTARTS = 3
+MAX_BACKOFF_S = 2.0
 # Seconds a dead worker's request waits for its calls elsewhere to settle.
 SETTLE_S = 5.0
 
@@ -185,7 +188,7 @@ class WorkerPool:
             task_status.started()
 
     async def _supervise(self, w: WorkerProc) -> None:
-        backoff = 0.05
+        quick_deaths = 0
         while not self.stopping:
             began = time.monotonic()
             await self._run_once(w)
@@ -193,17 +196,17 @@ class WorkerPool:
                 break
             w.restarts += 1
             lived = time.monotonic() - began
-            if lived >= CRASH_LOOP_S:
-                backoff = 0.05
-            else:
-                await trio.sleep(backoff)
-                backoff = min(backoff * 2, 5.0)
+            quick_deaths = quick_deaths + 1 if lived < CRASH_LOOP_S else 0
+            if quick_deaths > FREE_RESTARTS:
+                await trio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** (quick_deaths - FREE_RESTARTS - 1)))
 
     async def _run_once(self, w: WorkerProc) -> None:
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd = child_sock.fileno()
         env = dict(os.environ)
         env["STATEROOM_WORKER_INDEX"] = str(w.index)
+        # The C allocator, so memory freed by hibernation can go back (worker/memory.py).
+        env.setdefault("PYTHONMALLOC", "malloc")
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "stateroom.worker", "--fd", str(fd), "--index", str(w.index)],

@@ -67,6 +67,7 @@ from .catalog import CURRENT_EVENT, Event, HostState, ObjectHost
 from .context import EntrypointContext, Env, ObjectState
 from .faults import FaultTable
 from .limits import Watchdog
+from .memory import MemoryReleaser
 from .meters import WorkerMeters
 from .pitr import Pitr
 from .redeploy import Redeployer
@@ -192,6 +193,7 @@ class Worker:
         self.transport = WorkerTransport(self)
         self.alarms = AlarmStore(self)
         self.sockets = SocketRegistry(self)
+        self.memory = MemoryReleaser()
         self.pitr = Pitr(self)
         self.redeploy = Redeployer(self)
         self.meters = WorkerMeters(self)
@@ -410,6 +412,9 @@ class Worker:
                 limit = hibernate_after if self.sockets.count(host) else evict_after
                 if getattr(host, "stale", False) or idle >= limit:
                     self.evict(host)
+                    self.memory.note_evicted()
+            # Hand the pages of dropped instances back to the system (memory.py).
+            self.memory.maybe_release()
 
     def send_stats(self) -> None:
         """Report gauges and the meters counted since the last report (see meters.py)."""

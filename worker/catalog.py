@@ -392,7 +392,7 @@ class ObjectHost:
         self.state = HostState.GONE
         self.instance = None
         self.ctx = None
-        if self.db.conn is not None and self.db.is_empty() and not self.worker.has_alarm(self):
+        if self.db.exists() and self.db.is_empty() and not self.worker.has_alarm(self):
             self.db.remove_files()
         else:
             self.db.close()

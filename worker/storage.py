@@ -261,6 +261,8 @@ class Database:
         # Rows (and strings/blobs) of user SQL; KV writes of a near-limit value raise it.
         conn.limit(apsw.SQLITE_LIMIT_LENGTH, MAX_ROW_BYTES)
         if self.history is not None:
+            # Only the history checkpoints (after archiving): not SQLite at close.
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
             # Archives whatever WAL a crashed predecessor left, then labels commits.
             self.history.attach(conn)
         # Take the write lock now; locking_mode=EXCLUSIVE keeps it until close.
@@ -281,11 +283,20 @@ class Database:
             if self.in_txn:
                 self.rollback()
             if self.history is not None:
-                self.history.before_close(conn)
+                try:
+                    self.history.before_close(conn)
+                except (OSError, apsw.Error):
+                    # Best effort: the frames stay in the WAL, and the next open
+                    # archives them before anything else touches the file.
+                    pass
         finally:
             self.conn = None
             self.in_txn = False
             conn.close()
+        wal = str(self.path) + "-wal"
+        with contextlib.suppress(OSError):
+            if os.path.getsize(wal) == 0:
+                os.unlink(wal)  # archived and truncated: nothing left in it
 
     def _x(self, sql: str) -> None:
         """Run one of the runtime's own control statements (never cached: see sqlpolicy)."""

@@ -30,10 +30,6 @@ from .catalog import ObjectHost
 _MISSING: Any = object()
 
 
-class _Rollback(Exception):
-    """Raised by `txn.rollback()` to end a transaction rolled back."""
-
-
 def _wrote(host: ObjectHost) -> None:
     host.note_write()
     gate = host.gate
@@ -95,35 +91,52 @@ class SyncKv:
 
 
 class Transaction:
-    """The `txn` passed to `storage.transaction(fn)`."""
+    """The `txn` passed to `storage.transaction(fn)`.
 
-    def __init__(self, storage: Storage) -> None:
+    `rollback()` undoes the transaction's writes at once and ends it: further calls
+    on `txn` raise RuntimeError, and `transaction()` still returns `fn`'s result.
+    """
+
+    def __init__(self, storage: Storage, savepoint: str) -> None:
         self._storage = storage
+        self._savepoint = savepoint
+        # True once rollback() ran: the savepoint's writes are undone.
+        self.rolled_back = False
+
+    def _live(self) -> SyncKv:
+        if self.rolled_back:
+            raise RuntimeError("this transaction was rolled back")
+        return self._storage.kv
 
     async def get(self, key: Any, **options: Any) -> Any:
-        return self._storage.kv.get(key, **options)
+        return self._live().get(key, **options)
 
     async def put(self, key: Any, value: Any = _MISSING, **options: Any) -> None:
-        self._storage.kv.put(key, value, **options)
+        self._live().put(key, value, **options)
 
     async def delete(self, key: Any, **options: Any) -> Any:
-        return self._storage.kv.delete(key, **options)
+        return self._live().delete(key, **options)
 
     async def list(self, **options: Any) -> dict[str, Any]:
-        return self._storage.kv.list(**options)
+        return self._live().list(**options)
 
     async def get_alarm(self) -> int | None:
+        self._live()
         return await self._storage.get_alarm()
 
     async def set_alarm(self, when: Any) -> None:
+        self._live()
         await self._storage.set_alarm(when)
 
     async def delete_alarm(self) -> None:
+        self._live()
         await self._storage.delete_alarm()
 
     def rollback(self) -> None:
-        """End the transaction rolled back (its writes are discarded); never returns."""
-        raise _Rollback()
+        """Undo every write of this transaction; the transaction is over."""
+        if not self.rolled_back:
+            self.rolled_back = True
+            self._storage._rollback_to(self._savepoint)  # noqa: SLF001
 
 
 class Storage:
@@ -177,43 +190,51 @@ class Storage:
         host.txn_depth += 1
         return name
 
-    def _end_savepoint(self, name: str, ok: bool) -> None:
+    def _rollback_to(self, name: str) -> None:
+        """Undo the writes made since savepoint `name` (which stays open)."""
         host = self._host
-        host.txn_depth -= 1
         db = host.db
+        db.forget_plans()  # a rolled-back schema change is undone
         conn = db.conn
-        if not ok:
-            db.forget_plans()
         if conn is not None and db.in_txn and not conn.getautocommit():
-            if not ok:
-                db._x(f"ROLLBACK TO {name}")  # noqa: SLF001
-            db._x(f"RELEASE {name}")  # noqa: SLF001
-        if not ok and host.txn_depth == 0 and host.txn_foreign_writes:
+            db._x(f"ROLLBACK TO {name}")  # noqa: SLF001
+        if host.txn_foreign_writes:
             host.reset("a transaction rolled back after another event wrote inside it")
             raise ObjectResetError(
                 "the object was reset: a transaction rolled back after another event"
                 " wrote inside it",
                 retryable=False,
             )
-        if host.txn_depth == 0 and db.in_txn:
-            host.schedule_flush()
+
+    def _end_savepoint(self, name: str, ok: bool) -> None:
+        host = self._host
+        generation = host.generation
+        try:
+            if not ok:
+                self._rollback_to(name)
+        finally:
+            if host.generation == generation:
+                host.txn_depth -= 1
+                db = host.db
+                conn = db.conn
+                if conn is not None and db.in_txn and not conn.getautocommit():
+                    db._x(f"RELEASE {name}")  # noqa: SLF001
+                if host.txn_depth == 0 and db.in_txn:
+                    host.schedule_flush()
 
     async def transaction(self, fn: Callable[[Transaction], Awaitable[Any]]) -> Any:
         """Run `await fn(txn)` atomically and return its result.
 
         No other event of the object starts meanwhile. An exception in `fn` rolls the
-        transaction back and propagates; `txn.rollback()` rolls back and returns None.
+        transaction back and propagates; after `txn.rollback()` the transaction's
+        writes are undone and `fn`'s result is still returned.
         """
         host = self._host
         async with host.gate:
             generation = host.generation
             name = self._begin_savepoint()
             try:
-                result = await fn(Transaction(self))
-            except _Rollback:
-                if generation == host.generation:
-                    self._end_savepoint(name, False)
-                return None
+                result = await fn(Transaction(self, name))
             except BaseException:
                 if generation == host.generation:
                     self._end_savepoint(name, False)
@@ -228,9 +249,6 @@ class Storage:
         name = self._begin_savepoint()
         try:
             result = fn()
-        except _Rollback:
-            self._end_savepoint(name, False)
-            return None
         except BaseException:
             self._end_savepoint(name, False)
             raise

@@ -96,7 +96,7 @@ async def test_transactions_commit_or_roll_back_as_a_whole(stateroom_runtime):
     s = store(stateroom_runtime, "txn")
     assert await s.transaction_ok("v1") == "v1"
     assert await s.call("get", "txn") == "v1"
-    assert await s.transaction_rollback("v2") is None
+    assert await s.transaction_rollback("v2") == "rolled back"
     assert await s.call("get", "txn") == "v1"
     with pytest.raises(RuntimeError, match="boom inside a transaction"):
         await s.transaction_then_fail("v3")

@@ -94,6 +94,10 @@ class Store(DurableObject):
         async def body(txn):
             await txn.put("txn", value)
             txn.rollback()
+            try:
+                await txn.get("txn")
+            except RuntimeError:
+                return "rolled back"
 
         return await self.ctx.storage.transaction(body)
 

@@ -8,6 +8,8 @@
     16 real child processes, `ProcessSampler.sample_round()` and the per-process
     `sample()` that `/v1/processes` does; and `GET /_stateroom/v1/processes` on a
     runtime with 16 workers.
+(d) in-process: the CPU cost of one task step with and without the CPU meter
+    wrapper, and of one worker report over 1000 busy objects.
 
 Usage: python bench/meters.py [--seconds 6] [--rounds 3] [--workers 2]
 """
@@ -135,6 +137,62 @@ async def processes_api_cost(n: int = 100) -> dict[str, float]:
         return {"p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
 
 
+async def wrapper_cost(steps: int = 200_000) -> dict[str, float]:
+    """Process CPU per task step of a plain task and of a `charged` one (in-process)."""
+    from stateroom.worker.catalog import Counters
+    from stateroom.worker.meters import charged
+
+    host = type("Host", (), {})()
+    host.counters = Counters()
+
+    async def stepper() -> None:
+        for _ in range(steps):
+            await trio.lowlevel.checkpoint()
+
+    out = {}
+    for name, fn in (("plain", stepper), ("charged", charged(host, stepper))):
+        best = float("inf")
+        for _ in range(3):
+            t = time.process_time()
+            await fn()
+            best = min(best, time.process_time() - t)
+        out[name] = best / steps * 1e6
+    return out
+
+
+def take_cost(objects: int = 1000, rounds: int = 50) -> float:
+    """ms for one worker report over `objects` live objects that all did work."""
+    import tempfile
+    import types
+
+    from stateroom.worker.catalog import Counters
+    from stateroom.worker.meters import WorkerMeters
+
+    with tempfile.TemporaryDirectory() as d:
+        hosts = {}
+        for i in range(objects):
+            path = Path(d) / "objects" / "1" / f"{i:064x}.sqlite"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"x" * 4096)
+            db = types.SimpleNamespace(path=path, size_bytes=lambda p=path: p.stat().st_size)
+            h = type("Host", (), {})()
+            h.counters, h.db, h.instance = Counters(), db, object()
+            h.target = types.SimpleNamespace(id=f"{i:064x}")
+            hosts[i] = h
+        meters = WorkerMeters(types.SimpleNamespace(catalog=hosts), enabled=True)
+        for h in hosts.values():
+            meters.activated(h)
+        times = []
+        for _ in range(rounds):
+            for h in hosts.values():
+                h.counters.requests += 1
+            t = time.perf_counter()
+            rows = meters.take()
+            times.append(time.perf_counter() - t)
+            assert len(rows) == objects
+        return median(times) * 1e3
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--seconds", type=float, default=6)
@@ -168,6 +226,17 @@ async def main() -> None:
         f"{args.seconds:g} s each (medians); billed requests per 'on' round: "
         f"{[int(x['billed']) for x in results[True]]}",
         rows,
+    )
+    wrap = await wrapper_cost()
+    take_ms = await trio.to_thread.run_sync(take_cost)
+    print_table(
+        "(d) in-process costs of metering (process CPU, best of 3)",
+        [
+            {"figure": "task step, plain", "µs": wrap["plain"]},
+            {"figure": "task step, charged (CPU meter)", "µs": wrap["charged"]},
+            {"figure": "worker report take(), 1000 busy objects (once a second)",
+             "µs": take_ms * 1e3},
+        ],
     )
     samp = await trio.to_thread.run_sync(sampling_cost)
     api = await processes_api_cost()

@@ -17,9 +17,13 @@ extra run. The index must however never be *later* than the truth for an alarm a
 caller has seen acknowledged. Workers report each committed alarm (`AlarmSet`)
 through the object's output gate, and the reply to the caller follows it on the same
 connection; so when an `AlarmSet` makes an entry earlier (or new), its row is
-committed before the next message is read. Changes that only delay or remove an
-entry (the outcome of a run, a deletion, a retry) are committed in batches a moment
-later; a crash that loses them leaves an earlier entry behind, which is safe.
+committed before any other task takes a step (`_flush_before_next_step`), which is
+before that reply can travel on, and every such row of one read shares one commit.
+Changes that only delay or remove an entry (the outcome of a run, a deletion, a
+retry) are committed in batches within `FLUSH_DELAY`; a crash that loses them leaves
+an earlier entry behind, which is safe. An object that starts with an alarm stored
+re-reports it (`AlarmSet(resync=True)`), which adds the entry if it is missing (a
+commit whose report died with its worker).
 
 Firing: at most one `RunAlarm` per object at a time (`_Alarm.running`); at most
 `MAX_IN_FLIGHT` at once. Outcome:
@@ -66,7 +70,7 @@ MAX_IN_FLIGHT = 2048
 # The timer re-reads the wall clock at least this often (seconds), in case it jumps.
 MAX_SLEEP = 30.0
 # How long delay-only index changes wait to be committed together (seconds).
-FLUSH_DELAY = 0.1
+FLUSH_DELAY = 0.5
 # When the owning worker is not ready or the object is overloaded: fire again after (ms).
 NOT_READY_DELAY_MS = 500
 
@@ -133,6 +137,9 @@ class AlarmScheduler:
         self._wake = trio.Event()
         self._armed = math.inf
         self._slots = trio.Semaphore(MAX_IN_FLIGHT)
+        # Installed while rows wait to be committed before the next task step.
+        self._barrier = _CommitBeforeNextStep(self)
+        self._barrier_armed = False
         # ns_key -> class name for the current deployment version.
         self._classes: dict[int, str] = {}
         self._classes_version: int | None = None
@@ -373,9 +380,22 @@ class AlarmScheduler:
         self._staged[key] = (key[0], key[1], e.time, e.retry, e.scheduled)
         durable = self.durable.get(key)
         if durable is None or e.time < durable:
-            self._flush()
+            self._flush_before_next_step()
         else:
             self._flush_soon.set()
+
+    def _flush_before_next_step(self) -> None:
+        """Commit what is staged before any other task takes a step.
+
+        Called while the connection reader handles a worker's messages: the reply
+        that follows an `AlarmSet` on that connection can only reach its caller
+        through another task's step, so committing at the next step boundary keeps
+        "index durable before the acknowledgement" while every `AlarmSet` of one read
+        shares one commit.
+        """
+        if not self._barrier_armed:
+            self._barrier_armed = True
+            trio.lowlevel.add_instrument(self._barrier)
 
     def _stage_delete(self, key: Key) -> None:
         if key in self.durable or key in self._staged:
@@ -558,6 +578,18 @@ class AlarmScheduler:
             "durable": len(self.durable),
             "next": self._head(),
         }
+
+
+class _CommitBeforeNextStep(trio.abc.Instrument):
+    """A one-shot trio instrument: commits the staged index rows, then removes itself."""
+
+    def __init__(self, scheduler: AlarmScheduler) -> None:
+        self.scheduler = scheduler
+
+    def before_task_step(self, task: Any) -> None:
+        trio.lowlevel.remove_instrument(self)
+        self.scheduler._barrier_armed = False
+        self.scheduler._flush()
 
 
 def _json(obj: Any) -> HttpResponse:

@@ -26,6 +26,12 @@ class Ticker(DurableObject):
         if i < len(got["plan"]):
             await self.ctx.storage.set_alarm(got["plan"][i])
 
+    async def tick(self, when):
+        """The storage work of one alarm run, done over RPC (the benchmark's baseline)."""
+        got = await self.ctx.storage.get(["plan", "i", "late"])
+        await self.ctx.storage.put({"i": (got.get("i") or 0) + 1, "late": got.get("late") or []})
+        await self.ctx.storage.set_alarm(when)
+
     async def result(self):
         return await self.ctx.storage.get("late") or []
 

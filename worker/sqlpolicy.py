@@ -173,8 +173,7 @@ class Policy:
         if (action in _NAME_IN_ARG1 and is_reserved(arg1)) or (
             action in _NAME_IN_ARG2 and is_reserved(arg2)
         ):
-            name = arg1 if is_reserved(arg1) else arg2
-            return self._refuse(f"access to reserved table {name}")
+            return self._refuse(f"access to reserved table {arg1 if is_reserved(arg1) else arg2}")
         if action in _SCHEMA_CHANGES:
             self.schema_changed = True
         return _OK

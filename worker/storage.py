@@ -513,7 +513,8 @@ class Database:
             raise ValueError("list() limit must be a positive integer")
         if start is not None and start_after is not None:
             raise ValueError("list() takes start or start_after, not both")
-        where, args = [], []
+        where: list[str] = []
+        args: list[Any] = []
         if start is not None:
             where.append("key >= ?")
             args.append(key_bytes(start))
@@ -558,11 +559,14 @@ class Database:
         with self._atomic():
             self._x("PRAGMA defer_foreign_keys=ON")
             conn.execute(f"DELETE FROM {KV_TABLE}")
-            objects = conn.execute(
-                "SELECT type, name, coalesce(sql, '') FROM sqlite_master"
-                " WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
-                " AND substr(name, 1, 11) != '_stateroom_'"
-            ).fetchall()
+            objects = [
+                (str(kind), str(name), str(sql))
+                for kind, name, sql in conn.execute(
+                    "SELECT type, name, coalesce(sql, '') FROM sqlite_master"
+                    " WHERE type IN ('table', 'view') AND name NOT LIKE 'sqlite!_%' ESCAPE '!'"
+                    " AND substr(name, 1, 11) != '_stateroom_'"
+                )
+            ]
             # Views first, then virtual tables (which own shadow tables), then the rest.
             objects.sort(
                 key=lambda o: (o[0] != "view", not o[2].upper().startswith("CREATE VIRTUAL"))

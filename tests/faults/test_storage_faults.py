@@ -117,7 +117,7 @@ async def test_a_second_process_cannot_touch_the_database_while_its_owner_lives(
         with pytest.raises(apsw.BusyError):
             intruder.execute("CREATE TABLE stolen(x)")
         with pytest.raises(apsw.BusyError):
-            intruder.execute("SELECT count(*) FROM sqlite_master").get
+            intruder.execute("SELECT count(*) FROM sqlite_master").fetchall()
     finally:
         intruder.close()
     await s.call("put", "still", "mine")

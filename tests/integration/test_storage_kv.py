@@ -1,7 +1,6 @@
 """KV storage end to end (SPEC §5): real supervisor and workers, the `storage` test app."""
 
 import glob
-import os
 
 import pytest
 import trio
@@ -157,7 +156,7 @@ async def test_data_survives_eviction_and_reopening(stateroom_runtime):
     path = next(p for p in object_files(rt, s) if p.endswith(".sqlite"))
     with trio.fail_after(20):
         # Evicted: the database is closed and its WAL checkpointed away.
-        while os.path.exists(path + "-wal"):
+        while await trio.Path(path + "-wal").exists():
             await trio.sleep(0.1)
     assert await s.pid() == pid
     assert await s.call("list") == {"a": 1, "b": 2}

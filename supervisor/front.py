@@ -4,8 +4,12 @@ h11 does the parsing (sans-I/O); this module only moves bytes and enforces limit
 * malformed requests -> 400 and the connection closes; the supervisor keeps serving;
 * bodies over `max_body_bytes` -> 413 (checked against Content-Length up front and
   while reading chunked bodies);
-* slow clients: a request's headers must arrive within `header_timeout`, and an
-  idle keep-alive connection closes after `idle_timeout`;
+* slow clients: a request's headers must arrive within `header_timeout` of its
+  first byte (of the connection, for the first request), else 408 and close; an
+  idle keep-alive connection closes after `idle_timeout` (tests shorten both with
+  `STATEROOM_HEADER_TIMEOUT` / `STATEROOM_IDLE_TIMEOUT`);
+* one connection's failure, whatever it is, ends that connection only: it is
+  logged and the server keeps serving everyone else;
 * header block size is capped by h11's `max_incomplete_event_size`.
 
 A WebSocket upgrade is handed, with the raw stream, to the `on_upgrade` hook.
@@ -13,6 +17,8 @@ A WebSocket upgrade is handed, with the raw stream, to the `on_upgrade` hook.
 
 from __future__ import annotations
 
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -36,15 +42,23 @@ class HttpServer:
         handler: Handler,
         *,
         max_body_bytes: int,
-        header_timeout: float = 10.0,
-        idle_timeout: float = 75.0,
+        header_timeout: float | None = None,
+        idle_timeout: float | None = None,
         body_timeout: float = 60.0,
         on_upgrade: Callable[..., Awaitable[None]] | None = None,
     ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
-        self.header_timeout = header_timeout
-        self.idle_timeout = idle_timeout
+        self.header_timeout = (
+            header_timeout
+            if header_timeout is not None
+            else float(os.environ.get("STATEROOM_HEADER_TIMEOUT") or 10.0)
+        )
+        self.idle_timeout = (
+            idle_timeout
+            if idle_timeout is not None
+            else float(os.environ.get("STATEROOM_IDLE_TIMEOUT") or 75.0)
+        )
         self.body_timeout = body_timeout
         self.on_upgrade = on_upgrade
         self.host_header = "127.0.0.1"
@@ -56,6 +70,12 @@ class HttpServer:
             await self._serve(stream)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass
+        except Exception as exc:  # noqa: BLE001 - one connection never takes the server down
+            print(
+                f"stateroom: connection failed: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
         finally:
             self.connections -= 1
             with trio.move_on_after(1) as scope:
@@ -73,6 +93,12 @@ class HttpServer:
                 conn.receive_data(data)
                 continue
             return event
+
+    async def _wait_for_bytes(self, conn: h11.Connection, stream: trio.SocketStream) -> None:
+        """Return once h11 holds unread bytes (or the peer closed)."""
+        if conn.trailing_data[0] or conn.trailing_data[1]:
+            return
+        conn.receive_data(await stream.receive_some(65536))
 
     async def _send(self, conn: h11.Connection, stream: trio.SocketStream, *events: Any) -> None:
         data = b"".join(conn.send(e) or b"" for e in events)
@@ -99,9 +125,13 @@ class HttpServer:
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_HEADER_BYTES)
         first = True
         while True:
-            timeout = self.header_timeout if first else self.idle_timeout
             try:
-                with trio.fail_after(timeout):
+                if not first:
+                    # Keep-alive: the next request may be `idle_timeout` in coming;
+                    # from its first byte on, its headers get `header_timeout`.
+                    with trio.fail_after(self.idle_timeout):
+                        await self._wait_for_bytes(conn, stream)
+                with trio.fail_after(self.header_timeout):
                     event = await self._next_event(conn, stream)
                     if isinstance(event, h11.Request):
                         pass
@@ -123,6 +153,16 @@ class HttpServer:
                 return
             first = False
             request: h11.Request = event
+            head_size = len(request.method) + len(request.target) + sum(
+                len(k) + len(v) + 4 for k, v in request.headers
+            )
+            if head_size > MAX_HEADER_BYTES:
+                # h11 caps only a head still incomplete; one that arrived whole is
+                # measured here.
+                await self._simple(
+                    conn, stream, 431, f"request headers exceed {MAX_HEADER_BYTES} bytes\n".encode()
+                )
+                return
             method = request.method.decode("ascii", "replace")
             target = request.target.decode("ascii", "replace")
             headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers]

@@ -11,6 +11,7 @@ import time
 import uuid
 
 import trio
+import trio.lowlevel
 
 from stateroom import DurableObject, Response, WorkerEntrypoint
 
@@ -49,7 +50,7 @@ class Box(DurableObject):
 
     async def spin_awaiting(self):
         while True:
-            await trio.sleep(0)
+            await trio.lowlevel.checkpoint()
 
     async def spin_stubbornly(self):
         while True:
@@ -64,7 +65,7 @@ class Box(DurableObject):
         return sum(range(10**13))
 
     async def sleep_blocking(self, seconds):
-        time.sleep(seconds)
+        time.sleep(seconds)  # noqa: ASYNC251 - blocks the worker's loop on purpose
         return "woke"
 
     async def hog(self, nbytes):

@@ -14,7 +14,7 @@ For each durability setting (`full`: synchronous=FULL, `process`: NORMAL):
     indexed point selects (`sql.exec(...).one()`), timed inside the object, against
     raw APSW running the same statements.                  target >= 50 % of raw
 (b) and (c) run raw APSW inside the same worker process, alternating with the
-measured calls, and report the best of 7 repeats of each (this machine is shared
+measured calls, and report the best of 11 repeats of each (this machine is shared
 and noisy; alternating keeps both sides under the same load).
 
 Usage: python bench/storage.py [--seconds 5] [--durability full|process|both]
@@ -41,7 +41,7 @@ from stateroom.testing import open_runtime  # noqa: E402
 
 APP = str(Path(__file__).resolve().parent / "apps" / "storage" / "stateroom.toml")
 PAYLOAD = "x" * 100
-REPEATS = 7
+REPEATS = 11
 
 
 def rpc_script(token: str, method: str) -> str:

@@ -642,10 +642,17 @@ class Database:
                 f"{len(bindings)} bound parameters; the limit is {MAX_BINDINGS} per statement",
                 apsw.SQLITE_RANGE,
             )
-        conn = self.write_conn()
+        conn = self.conn
+        if conn is None or not self.in_txn:
+            conn = self.write_conn()
         info = self._plans.get(query)
-        if info is not None and self._used_estimate() + _FULL_SLACK <= self.max_db_bytes:
-            return self._sql_exec_known(conn, query, bindings, info)
+        if info is not None:
+            # Inline `_used_estimate()`: this is the hot path of every known statement.
+            self._used_age += 1
+            if self._used_age >= _SIZE_EVERY or self._used_cache + _FULL_SLACK > self.max_db_bytes:
+                self.used_bytes()
+            if self._used_cache + _FULL_SLACK <= self.max_db_bytes:
+                return self._sql_exec_known(conn, query, bindings, info)
         return self._sql_exec_full(conn, query, bindings)
 
     def _on_profile(self, event: dict[str, Any]) -> None:

@@ -176,6 +176,9 @@ class Storage:
         host = self._host
         if host.txn_depth:
             return
+        if not host.queue:
+            host.commit()  # nothing queued to share the commit with: now, no task switch
+            return
         await host.wait_durable()
 
     # ---------------------------------------------------------------- transactions

@@ -29,7 +29,7 @@ import gc
 import time
 from collections.abc import Callable
 
-MIN_INTERVAL = 5.0
+MIN_INTERVAL = 2.0
 
 
 def _load_malloc_trim() -> Callable[[int], int] | None:

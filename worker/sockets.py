@@ -70,6 +70,31 @@ MAX_AUTO_RESPONSE_CHARS = 2048
 MAX_EVENT_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
 
+class SocketEvent(Event):
+    """A `WsEvent` queued on its object: answers the supervisor when it finishes.
+
+    Replying from `finish` (called exactly once however the event ends: handled,
+    raised, reset, its class deleted) needs no waiting task per event, which
+    matters when thousands of sockets each have a message in flight.
+    """
+
+    __slots__ = ("registry",)
+
+    def __init__(self, fn: Any, request_id: int, registry: SocketRegistry) -> None:
+        super().__init__(fn, request_id)
+        self.registry = registry
+
+    def finish(self, result: Any = None, error: BaseException | None = None) -> None:
+        if self.done.is_set():
+            return
+        super().finish(result, error)
+        assert self.request_id is not None
+        if error is None:
+            self.registry.send(Reply(self.request_id, True))
+        else:
+            self.registry.send(Reply(self.request_id, False, error=error_to_fields(error)))
+
+
 class SocketEntry:
     """One open socket of a live object, as its handle sees it."""
 
@@ -412,20 +437,9 @@ class SocketRegistry:
             host = self.worker.host_for(msg.target)
             if getattr(host, "web_sockets", None) is None and not self.parked.get(host.target.id):
                 self.parked[host.target.id] = 1  # the supervisor holds sockets: restore first
-            event = Event(self._handler(host, msg), msg.request_id)
-            host.submit(event)
+            host.submit(SocketEvent(self._handler(host, msg), msg.request_id, self))
         except Exception as exc:  # noqa: BLE001 - becomes the supervisor's error
             self.send(Reply(msg.request_id, False, error=error_to_fields(exc)))
-            return
-        self.worker.nursery.start_soon(self._reply_when_done, event)
-
-    async def _reply_when_done(self, event: Event) -> None:
-        await event.done.wait()
-        assert event.request_id is not None
-        if event.error is None:
-            self.send(Reply(event.request_id, True))
-        else:
-            self.send(Reply(event.request_id, False, error=error_to_fields(event.error)))
 
     def _handler(self, host: Any, msg: WsEvent) -> Any:
         worker = self.worker
@@ -476,4 +490,4 @@ class SocketRegistry:
         return deliver
 
 
-__all__ = ["ObjectSockets", "SocketEntry", "SocketRegistry"]
+__all__ = ["ObjectSockets", "SocketEntry", "SocketEvent", "SocketRegistry"]

@@ -110,9 +110,8 @@ class _Alarm:
         self.running = False
         # True once an AlarmSet arrived during the current run (it replaces the alarm).
         self.set_during_run = False
-        # Set when the current run ends.
-        self.idle = trio.Event()
-        self.idle.set()
+        # While running: set when the run ends (None otherwise, to keep entries small).
+        self.idle: trio.Event | None = None
 
 
 class AlarmScheduler:
@@ -292,7 +291,9 @@ class AlarmScheduler:
             failure = exc
         finally:
             e.running = False
-            e.idle.set()
+            idle, e.idle = e.idle, None
+            if idle is not None:
+                idle.set()
         try:
             self._settle(e, outcome, failure)
         except Exception as exc:  # noqa: BLE001 - keep the scheduler alive; log
@@ -541,7 +542,7 @@ class AlarmScheduler:
         key = (int(ns_key), target.id)
         while True:
             e = self.alarms.get(key)
-            if e is None or not e.running:
+            if e is None or not e.running or e.idle is None:
                 break
             await e.idle.wait()
         if e is None:

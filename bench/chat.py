@@ -121,19 +121,10 @@ async def client_burst(url: str, n: int, per: int, rounds: int) -> dict:
         lat: list[float] = []
         done = asyncio.Event()
         remaining = [n]
-
-        async def receiver(i: int, ws) -> None:
-            while got[i] < expected:
-                msg = await ws.recv()
-                now = time.monotonic()
-                got[i] += 1
-                last[i] = now
-                lat.append(now - float(msg.rsplit(" ", 1)[1]))
-            remaining[0] -= 1
-            if not remaining[0]:
-                done.set()
-
-        receivers = [asyncio.create_task(receiver(i, ws)) for i, ws in enumerate(conns)]
+        receivers = [
+            asyncio.create_task(_burst_receiver(i, ws, expected, got, last, lat, remaining, done))
+            for i, ws in enumerate(conns)
+        ]
         await asyncio.sleep(0.2)
         t0 = time.monotonic()
 
@@ -164,6 +155,18 @@ async def client_burst(url: str, n: int, per: int, rounds: int) -> dict:
         await asyncio.sleep(0.5)
     await asyncio.gather(*(ws.close() for ws in conns), return_exceptions=True)
     return {"rounds": results}
+
+
+async def _burst_receiver(i, ws, expected, got, last, lat, remaining, done) -> None:
+    while got[i] < expected:
+        msg = await ws.recv()
+        now = time.monotonic()
+        got[i] += 1
+        last[i] = now
+        lat.append(now - float(msg.rsplit(" ", 1)[1]))
+    remaining[0] -= 1
+    if not remaining[0]:
+        done.set()
 
 
 async def client_idle(base: str, rooms: list[tuple[str, int]]) -> None:
@@ -269,6 +272,16 @@ def run_client(mode: str, spec: dict) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def spawn(mode: str, spec: dict, *, stdin: bool) -> subprocess.Popen:
+    """A client (or baseline server) process talking JSON lines on stdout."""
+    return subprocess.Popen(
+        [sys.executable, __file__, "--client", mode, "--spec", json.dumps(spec)],
+        stdin=subprocess.PIPE if stdin else None,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+
+
 def free_port() -> int:
     import socket
 
@@ -315,11 +328,7 @@ async def bench_traffic(rt, seconds: float) -> None:
 
     url = rt.url.replace("http://", "ws://") + "/paced"
     port = free_port()
-    server = subprocess.Popen(
-        [sys.executable, __file__, "--client", "baseline-server", "--spec", json.dumps({"port": port})],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    server = spawn("baseline-server", {"port": port}, stdin=False)
     try:
         assert server.stdout is not None
         server.stdout.readline()
@@ -385,15 +394,7 @@ async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> No
         specs[i % IDLE_PROCESSES].append((f"room-{i}", count))
     print(f"(c) opening {sockets} sockets over {rooms} rooms ({IDLE_PROCESSES} client processes) ...", flush=True)
     t0 = time.monotonic()
-    procs = [
-        subprocess.Popen(
-            [sys.executable, __file__, "--client", "idle", "--spec", json.dumps({"base": base, "rooms": spec})],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        for spec in specs
-    ]
+    procs = [spawn("idle", {"base": base, "rooms": spec}, stdin=True) for spec in specs]
 
     def ask(proc: subprocess.Popen, line: str | None) -> dict:
         assert proc.stdin is not None and proc.stdout is not None

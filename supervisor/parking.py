@@ -250,6 +250,8 @@ class Parking:
             obj.auto_response = msg.auto_response
             obj.auto_frame = data_frame((msg.auto_response or "").encode("utf-8"), True)
             obj.event_timeout_ms = msg.event_timeout_ms
+            if not obj.sockets and obj.auto_request is None and obj.event_timeout_ms is None:
+                self.objects.pop(obj.target.id, None)
             return True
         if isinstance(msg, WsRestore):
             found = self.objects.get(msg.target.id)

@@ -447,9 +447,12 @@ class SocketRegistry:
         async def deliver(instance: Any) -> None:
             sockets = self.of(host)
             entry = sockets.entries.get(msg.ws_id)
+            if entry is None and msg.kind == "message":
+                return  # the object closed this socket while the message travelled
             if entry is None:
-                # Not (or no longer) among the object's open sockets: the event still
-                # gets a handle, rebuilt from what the supervisor sent with it.
+                # No longer among the object's open sockets (it left the lot before
+                # the restore): the handler still gets a handle, rebuilt from what
+                # the supervisor sent with the event.
                 record = msg.socket or WsSocket(msg.ws_id)
                 entry = SocketEntry(msg.ws_id, tuple(record.tags), sockets)
                 entry.attachment = record.attachment

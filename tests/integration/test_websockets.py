@@ -405,3 +405,43 @@ async def test_sockets_survive_a_kill_of_the_owning_worker_and_the_next_message_
         assert await exchange(b, "say:still here") == "b:still here"
         with trio.fail_after(15):
             assert await a.get_message() == "b:still here"
+
+
+# ---------------------------------------------------------------------- odds and ends
+
+
+@pytest.mark.stateroom(config=APP, workers=2)
+async def test_subprotocol_chosen_by_the_object_reaches_the_client(stateroom_runtime):
+    rt = stateroom_runtime
+    async with open_websocket_url(ws_url(rt, "/room/proto"), subprotocols=["chat.v2", "chat.v1"]) as ws:
+        assert ws.subprotocol == "chat.v2"
+        assert await exchange(ws, "echo:ok") == "ok"
+
+
+@pytest.mark.stateroom(config=APP, workers=2)
+async def test_event_timeout_cancels_a_slow_socket_handler(stateroom_runtime):
+    rt = stateroom_runtime
+    async with open_websocket_url(ws_url(rt, "/room/slow?who=s")) as ws:
+        assert await exchange(ws, "sleep:0") == "slept"
+        assert json.loads(await exchange(ws, "timeout:200")) == 200
+        await ws.send_message("sleep:30")
+        # The handler is cancelled after 200 ms: the next message is answered, not "slept".
+        assert await exchange(ws, "echo:next") == "next"
+        assert json.loads(await exchange(ws, "timeout:")) is None
+        assert await exchange(ws, "sleep:0.3") == "slept"
+
+
+@pytest.mark.stateroom(config=APP, workers=2, fault_injection=True)
+async def test_crash_during_socket_delivery_keeps_the_socket_and_delivers_the_message(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ROOM").get_by_name("faulty")
+    async with stub.web_socket("/?who=f") as ws:
+        assert await exchange(ws, "echo:first") == "first"
+        pid = next(p["pid"] for p in await rt.processes() if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"])
+        await rt.inject("during_socket_delivery", stub)
+        # The owning worker dies while delivering this message; the message had no
+        # durable effect, so the supervisor hands it to the restarted worker.
+        assert await exchange(ws, "echo:second") == "second"
+        assert pid not in await rt.worker_pids()
+        info = json.loads(await exchange(ws, "info"))
+        assert info["constructed"] == 2 and info["sockets"] == 1

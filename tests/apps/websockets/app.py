@@ -94,6 +94,9 @@ class Room(DurableObject):
         elif cmd == "autots":
             ts = self.ctx.get_web_socket_auto_response_timestamp(ws)
             ws.send(json.dumps(ts.isoformat() if ts else None))
+        elif cmd == "timeout":
+            self.ctx.set_hibernatable_web_socket_event_timeout(int(rest) if rest else None)
+            ws.send(json.dumps(self.ctx.get_hibernatable_web_socket_event_timeout()))
         elif cmd == "sleep":
             await trio.sleep(float(rest))
             ws.send("slept")

@@ -80,6 +80,8 @@ class Welcome(_Msg):
     shards: list[int]
     worker_count: int
     settings: dict[str, Any]
+    # The slot this process serves (a spare started as -1 learns it here).
+    index: int = -1
 
 
 class AssignShards(_Msg):

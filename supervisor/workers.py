@@ -22,6 +22,11 @@ already wrote), and once the subtree is quiet the failure is retryable exactly i
 nothing in it announced a write; if it is still busy after `SETTLE_S`, it is not
 retryable. So a retryable failure is always safe to retry.
 
+Spare: once every slot is ready, the pool starts one spare worker process that
+imports everything and waits for its `Welcome`. A restart takes the spare (no
+interpreter start, no imports: the slot serves again in tens of milliseconds) and
+a new spare is started in the background. `STATEROOM_SPARE_WORKER=0` turns it off.
+
 Restart: at once, unless the slot keeps crashing: after `FREE_RESTARTS` processes
 in a row each died within `CRASH_LOOP_S` of its start, the next restarts wait
 0.25 s, doubling up to `MAX_BACKOFF_S`; a process that lives longer resets that.
@@ -161,6 +166,12 @@ class WorkerPool:
         data_dir = settings.get("data_dir")
         # Workers started, on disk, so the next supervisor can fence them out.
         self.registry = WorkerRegistry(Path(data_dir)) if data_dir else None
+        # A started, idle worker process waiting to replace a dead one: (process,
+        # supervisor end of its socket), or None. Its `Hello` waits unread.
+        self._spare: tuple[trio.Process, socket.socket] | None = None
+        # Cancels the task watching the spare (taking it stops the watch).
+        self._spare_scope: trio.CancelScope | None = None
+        self.use_spare = os.environ.get("STATEROOM_SPARE_WORKER", "1").strip() not in ("0", "false", "no", "off")
 
     def shards_of(self, index: int) -> list[int]:
         return [s for s, o in enumerate(self.owners) if o == index]
@@ -186,6 +197,8 @@ class WorkerPool:
                 for w in self.workers:
                     await w.ready.wait()
             task_status.started()
+            if self.use_spare:
+                nursery.start_soon(self._keep_spare)
 
     async def _supervise(self, w: WorkerProc) -> None:
         quick_deaths = 0
@@ -200,27 +213,82 @@ class WorkerPool:
             if quick_deaths > FREE_RESTARTS:
                 await trio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** (quick_deaths - FREE_RESTARTS - 1)))
 
-    async def _run_once(self, w: WorkerProc) -> None:
+    async def _spawn(self, index: int) -> tuple[trio.Process, socket.socket]:
+        """Start a worker process for slot `index` (-1: a spare); (process, our socket end)."""
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd = child_sock.fileno()
         env = dict(os.environ)
-        env["STATEROOM_WORKER_INDEX"] = str(w.index)
+        env["STATEROOM_WORKER_INDEX"] = str(index)
         # The C allocator, so memory freed by hibernation can go back (worker/memory.py).
         env.setdefault("PYTHONMALLOC", "malloc")
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "stateroom.worker", "--fd", str(fd), "--index", str(w.index)],
+                [sys.executable, "-m", "stateroom.worker", "--fd", str(fd), "--index", str(index)],
                 pass_fds=(fd,),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=False,
             )
+        except BaseException:
+            parent_sock.close()
+            raise
         finally:
             child_sock.close()
+        if self.registry is not None:
+            self.registry.record(index, process.pid)
+        return process, parent_sock
+
+    def _take_spare(self) -> tuple[trio.Process, socket.socket] | None:
+        """The spare, if one is alive; a new one is then started in the background."""
+        spare, self._spare = self._spare, None
+        if self._spare_scope is not None:
+            self._spare_scope.cancel()
+            self._spare_scope = None
+        if spare is None:
+            return None
+        if spare[0].returncode is not None:
+            spare[1].close()
+            return None
+        if self.nursery is not None and not self.stopping:
+            self.nursery.start_soon(self._keep_spare)
+        return spare
+
+    async def _keep_spare(self) -> None:
+        """Start a spare and watch it until it is taken (or dies: then start another)."""
+        while not self.stopping and self._spare is None:
+            process, sock = await self._spawn(-1)
+            if self.stopping:
+                process.kill()
+                sock.close()
+                return
+            self._spare = (process, sock)
+            with trio.CancelScope() as scope:
+                self._spare_scope = scope
+                await process.wait()
+                # Died while waiting to be used.
+                if self._spare is not None and self._spare[0] is process:
+                    self._spare = None
+                    sock.close()
+                    print(
+                        f"stateroom: the spare worker (pid {process.pid}) exited with code"
+                        f" {process.returncode}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                await trio.sleep(1.0)
+            if scope.cancelled_caught:
+                return
+
+    async def _run_once(self, w: WorkerProc) -> None:
+        spare = self._take_spare() if self.use_spare else None
+        if spare is not None:
+            process, parent_sock = spare
+            if self.registry is not None:
+                self.registry.record(w.index, process.pid)
+        else:
+            process, parent_sock = await self._spawn(w.index)
         w.process = process
         w.pid = process.pid
-        if self.registry is not None:
-            self.registry.record(w.index, process.pid)
         w.started_at = time.time()
         w.last_heard = trio.current_time()
         w.state = WorkerState.STARTING
@@ -274,6 +342,7 @@ class WorkerPool:
                         self.shards_of(w.index),
                         self.count,
                         self.settings,
+                        w.index,
                     )
                 )
                 conn.send(AssignShards(self.owners))
@@ -439,6 +508,9 @@ class WorkerPool:
                     w.conn.send(Shutdown(grace))
                 except trio.ClosedResourceError:
                     pass
+        spare = self._take_spare()
+        if spare is not None:
+            spare[1].close()  # the spare exits on EOF
         with trio.move_on_after(grace + 3):
             for w in self.workers:
                 if w.process is not None:

@@ -598,6 +598,8 @@ async def run_worker(fd: int, index: int) -> None:
         nursery.start_soon(reader)
         await got_welcome.wait()
         w = welcome[0]
+        if w.index >= 0:
+            worker.index = w.index  # a spare learns its slot here
         worker.settings = w.settings
         worker.debug = bool(w.settings.get("debug"))
         worker.data_dir = Path(w.settings["data_dir"])

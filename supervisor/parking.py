@@ -75,7 +75,14 @@ from stateroom._protocol import (
     shard_of,
 )
 
-from .websocket import Closed, ServerWebSocket, accept_headers, data_frame, handshake_error
+from .websocket import (
+    Closed,
+    ServerWebSocket,
+    WriteBatcher,
+    accept_headers,
+    data_frame,
+    handshake_error,
+)
 
 # Seconds a pending socket waits for its 101 before it is dropped.
 PENDING_TTL = 60.0
@@ -160,6 +167,8 @@ class Parking:
         # Sockets with a completed handshake (the `sockets_parked` gauge).
         self.parked = 0
         self.nursery: trio.Nursery | None = None
+        # Writes every socket's queued frames once per scheduling pass (websocket.py).
+        self.batcher: WriteBatcher | None = None
         self.stopping = False
         sup.http.on_upgrade = self.on_upgrade
 
@@ -168,6 +177,7 @@ class Parking:
     async def serve(self, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             self.nursery = nursery
+            self.batcher = WriteBatcher(nursery)
             task_status.started()
             while True:
                 await trio.sleep(PENDING_TTL / 4)
@@ -406,6 +416,7 @@ class Parking:
             stream,
             self.nursery,
             trailing=bytes(conn.trailing_data[0]),
+            batcher=self.batcher,
             max_message_bytes=self.max_message_bytes,
             max_buffered_bytes=self.max_buffered_bytes,
         )

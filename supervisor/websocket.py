@@ -9,10 +9,13 @@ parking lot of thousands of mostly idle sockets needs:
 
 * a limit on received message size (`max_message_bytes`; bigger -> close 1009),
   checked on every partial frame, so a huge message is refused before it is buffered;
-* non-blocking sends: `send_frame` writes straight to the socket when its kernel
-  buffer has room (one `os.write`, no task, no await) and falls back to one drain
-  task only while the peer is slow; queued bytes are capped (`max_buffered_bytes`,
-  a client that stops reading is cut off instead of growing the supervisor);
+* coalesced, non-blocking sends: `send_frame` only queues; a `WriteBatcher` shared
+  by all connections writes each connection's queued frames with one `os.write` at
+  the next scheduling point (a burst that sends many messages to the same sockets
+  costs one syscall per socket, not one per frame), straight to the socket when its
+  kernel buffer has room (no task, no await), falling back to one drain task only
+  while the peer is slow; queued bytes are capped (`max_buffered_bytes`, a client
+  that stops reading is cut off instead of growing the supervisor);
 * one frame encoding shared by many sockets (`data_frame`): a broadcast encodes its
   message once, not once per receiver (server frames are unmasked and no extension
   is negotiated, so the bytes are the same for every connection);
@@ -30,8 +33,9 @@ parking lot's targets (<= 25 KB per parked socket with the lot's own bookkeeping
 top, >= 20 k broadcast deliveries/s) leave no room for trio-websocket's overhead.
 
 Invariants:
-* At most one drain task per connection; while it runs every frame is appended to
-  `_pending` (never written around it), so bytes leave in the order they were sent.
+* Bytes leave in the order they were sent: control frames flush the frames queued
+  before them first; at most one drain task per connection, and while it runs every
+  write is appended to `_pending` (never written around it).
 * After `closed` is set nothing is written to the file descriptor (its number may
   already belong to another socket).
 * `receive` returns `Closed` exactly once; afterwards the caller closes the stream.
@@ -57,6 +61,7 @@ __all__ = [
     "Closed",
     "Message",
     "ServerWebSocket",
+    "WriteBatcher",
     "accept_headers",
     "data_frame",
     "handshake_error",
@@ -135,6 +140,28 @@ def data_frame(payload: bytes, text: bool) -> bytes:
     return header + payload
 
 
+class WriteBatcher:
+    """Writes the frames queued on many connections once per scheduling pass."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+        # Connections with queued frames, in the order they were first queued.
+        self._dirty: list[ServerWebSocket] = []
+        self._scheduled = False
+
+    def mark(self, ws: ServerWebSocket) -> None:
+        self._dirty.append(ws)
+        if not self._scheduled:
+            self._scheduled = True
+            self._nursery.start_soon(self._flush)
+
+    async def _flush(self) -> None:
+        self._scheduled = False
+        dirty, self._dirty = self._dirty, []
+        for ws in dirty:
+            ws.flush()
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A complete received message: UTF-8 bytes of a text message, or binary bytes."""
@@ -168,6 +195,8 @@ class ServerWebSocket:
         "_parts",
         "_size",
         "_text",
+        "_batcher",
+        "_queued",
         "_pending",
         "_pending_bytes",
         "_draining",
@@ -182,6 +211,7 @@ class ServerWebSocket:
         stream: trio.SocketStream,
         nursery: trio.Nursery,
         *,
+        batcher: WriteBatcher | None = None,
         trailing: bytes = b"",
         max_message_bytes: int,
         max_buffered_bytes: int,
@@ -198,6 +228,9 @@ class ServerWebSocket:
         self._parts: list[bytes] = []
         self._size = 0
         self._text = True
+        self._batcher = batcher if batcher is not None else WriteBatcher(nursery)
+        # Frames queued for the batcher's next pass (None: nothing queued).
+        self._queued: list[bytes] | None = None
         # Bytes waiting for the drain task, in send order; empty when not draining.
         self._pending: list[bytes] = []
         self._pending_bytes = 0
@@ -289,8 +322,19 @@ class ServerWebSocket:
 
     def send_frame(self, frame: bytes) -> None:
         """Queue one pre-encoded data frame (see `data_frame`); dropped once closing."""
-        if self._proto.state is ConnectionState.OPEN:
-            self._write(frame)
+        if self._proto.state is not ConnectionState.OPEN or self.closed:
+            return
+        if self._queued is None:
+            self._queued = [frame]
+            self._batcher.mark(self)
+        else:
+            self._queued.append(frame)
+
+    def flush(self) -> None:
+        """Write the queued frames now (the batcher calls this once per pass)."""
+        queued, self._queued = self._queued, None
+        if queued:
+            self._write(queued[0] if len(queued) == 1 else b"".join(queued))
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake (the peer's answer ends `receive`)."""
@@ -305,6 +349,7 @@ class ServerWebSocket:
             data = self._proto.send(event)  # type: ignore[arg-type]
         except (LocalProtocolError, RemoteProtocolError):
             return
+        self.flush()  # frames queued before this control frame go first
         self._write(bytes(data))
 
     def _write(self, data: bytes) -> None:
@@ -362,6 +407,7 @@ class ServerWebSocket:
 
     async def wait_flushed(self, timeout: float) -> None:
         """Wait (at most `timeout`) until every queued byte has been handed to the kernel."""
+        self.flush()
         if not self._draining:
             return
         if self._drained is None:

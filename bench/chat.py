@@ -17,9 +17,11 @@ Baselines: (a)/(b) the same clients against a bare single-process asyncio
 workerd on this machine: 9,990 paced deliveries/s at p99 12-24 ms, 30-42 k burst
 deliveries/s.
 
-Load comes from client processes using the `websockets` library on asyncio (fast
-enough that the client is not the bottleneck), which this script runs as
-`python bench/chat.py --client ...`. The room (bench/apps/chat) broadcasts without
+Load comes from separate client processes: for (a)/(b) Node's WebSocket client
+(`bench/chat_client.mjs`, when `node` is installed; set CHAT_BENCH_PYTHON_CLIENT=1 to
+use Python instead), for (c)/(d) and as the fallback the `websockets` library on
+asyncio (`python bench/chat.py --client ...`); never trio-websocket, which would be
+the bottleneck. The room (bench/apps/chat) broadcasts without
 storage, so the figures measure the socket path. Everything shares 2 cores.
 
 Usage: python bench/chat.py [--seconds 10] [--idle 20000] [--rooms 1000] [--skip-idle]
@@ -232,6 +234,8 @@ async def baseline_server(port: int) -> None:
         try:
             async for msg in ws:
                 websockets.broadcast(room, msg)
+        except websockets.ConnectionClosed:
+            pass  # a client that exits without a close frame
         finally:
             room.discard(ws)
 
@@ -260,13 +264,34 @@ def client_main(args: argparse.Namespace) -> None:
 # ====================================================================== orchestration (trio)
 
 
+def node_client() -> list[str] | None:
+    """The Node load generator's command prefix, if a Node with WebSocket is installed."""
+    import shutil
+
+    node = shutil.which("node")
+    if node is None:
+        return None
+    cmd = [node, "--experimental-websocket", "--no-warnings"]
+    probe = subprocess.run(cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False)
+    if probe.returncode != 0:
+        cmd = [node, "--no-warnings"]
+        if subprocess.run(cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False).returncode:
+            return None
+    return cmd + [str(HERE / "chat_client.mjs")]
+
+
+NODE = None if os.environ.get("CHAT_BENCH_PYTHON_CLIENT") else node_client()
+CLIENT_NAME = "node (undici WebSocket)" if NODE else "python websockets (asyncio)"
+
+
 def run_client(mode: str, spec: dict) -> dict:
-    out = subprocess.run(
-        [sys.executable, __file__, "--client", mode, "--spec", json.dumps(spec)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    if NODE and mode == "paced":
+        cmd = NODE + ["paced", spec["url"], str(spec["n"]), str(spec["seconds"])]
+    elif NODE and mode == "burst":
+        cmd = NODE + ["burst", spec["url"], str(spec["n"]), str(spec["per"]), str(spec["rounds"])]
+    else:
+        cmd = [sys.executable, __file__, "--client", mode, "--spec", json.dumps(spec)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         raise RuntimeError(f"client {mode} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -361,7 +386,7 @@ async def bench_traffic(rt, seconds: float) -> None:
             }
         )
     rows.append({"server": "target / workerd", "deliveries/s": "~10,000 / 9,990", "p99 ms": "<= 10 / 12-24"})
-    print_table("(a) paced: 100 clients in one room, 1 msg/s each", rows)
+    print_table(f"(a) paced: 100 clients in one room, 1 msg/s each (client: {CLIENT_NAME})", rows)
     rows = []
     for name, r in (("stateroom", burst), ("bare websockets server", burst_base)):
         rates = sorted(x["per_s"] for x in r["rounds"])
@@ -377,7 +402,7 @@ async def bench_traffic(rt, seconds: float) -> None:
             }
         )
     rows.append({"server": "target / workerd", "median deliveries/s": ">= 20,000 / 30-42 k"})
-    print_table("(b) burst: 100 clients each send 10 at once (100,000 deliveries a round)", rows)
+    print_table(f"(b) burst: 100 clients each send 10 at once, 100,000 deliveries a round (client: {CLIENT_NAME})", rows)
 
 
 async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> None:

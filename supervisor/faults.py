@@ -61,7 +61,7 @@ class FaultInjection:
             raise HttpError(405, "use POST to arm a fault (GET lists them)")
         body = _json_body(request)
         point = body.get("point")
-        if point not in FAULT_POINTS:
+        if not isinstance(point, str) or point not in FAULT_POINTS:
             raise HttpError(400, f"unknown fault point {point!r}; one of {list(FAULT_POINTS)}")
         binding = body.get("binding")
         if not isinstance(binding, str):

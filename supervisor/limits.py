@@ -17,6 +17,7 @@ process of a slot; the pool's fencing (reap, then restart) does the rest.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -40,7 +41,8 @@ class WorkerLimits:
         settings = sup.settings
         # RSS bytes above which a worker is restarted (None: no limit).
         self.memory_limit: int | None = settings.worker_memory_limit or None
-        self.silence_s = float(settings.cpu_limit) + SILENCE_GRACE_S
+        grace = float(os.environ.get("STATEROOM_SILENCE_GRACE") or SILENCE_GRACE_S)  # tests shorten it
+        self.silence_s = float(settings.cpu_limit) + grace
         # pid -> psutil.Process, for the current process of every slot.
         self._procs: dict[int, psutil.Process] = {}
         # Kills done, by reason (for logs and tests).

@@ -72,7 +72,7 @@ class CpuLimitExceeded(BaseException):
 class _Step:
     """CPU accounting of one event, and the step it is running (if any)."""
 
-    __slots__ = ("host", "used", "cpu0", "wall0", "open", "seq", "over", "reset_done")
+    __slots__ = ("host", "used", "cpu0", "wall0", "open", "seq", "over", "reset_done", "why")
 
     def __init__(self, host: Any) -> None:
         self.host = host
@@ -89,6 +89,8 @@ class _Step:
         self.over = False
         # True once the object was reset for it (reset once, even if code lingers).
         self.reset_done = False
+        # What went over, for the error and the log.
+        self.why = ""
 
 
 class Watchdog:
@@ -151,10 +153,8 @@ class Watchdog:
         wall = time.monotonic() - step.wall0
         if cpu > self.limit or wall > self.limit:
             step.over = True
-            raise CpuLimitExceeded(
-                f"the event ran past the CPU limit of {self.limit:g} s"
-                f" ({cpu:.2f} s CPU, {wall:.2f} s in one step)"
-            )
+            step.why = f"{cpu:.2f} s of CPU, {wall:.2f} s without yielding"
+            raise CpuLimitExceeded(f"the event exceeded the CPU limit of {self.limit:g} s")
 
     def over_limit(self, step: _Step) -> None:
         """The event of `step` went over: reset its object once (main thread)."""
@@ -163,11 +163,12 @@ class Watchdog:
             return
         step.reset_done = True
         host = step.host
+        why = step.why or f"{step.used:.2f} s of CPU"
         self.worker.log(
             f"{host.target.class_name} {host.target.id[:12]}: event exceeded the CPU limit"
-            f" of {self.limit:g} s ({step.used:.2f} s); resetting the object"
+            f" of {self.limit:g} s ({why}); resetting the object"
         )
-        host.reset(f"the event exceeded the CPU limit of {self.limit:g} s")
+        host.reset(f"the event exceeded the CPU limit of {self.limit:g} s ({why})")
 
     # ------------------------------------------------------------------ watchdog thread
 

@@ -10,11 +10,17 @@ import httpx
 import pytest
 import trio
 
-from stateroom import DurableObjectError, ObjectResetError, OverloadedError
+from stateroom import DurableObjectError, ObjectResetError, OverloadedError, WorkerCrashedError
 
 from .helpers import APP, box, eventually, names_on_each_worker, owner_of, wait_replaced, workers
 
 pytestmark = pytest.mark.stateroom(config=APP, workers=2, cpu_limit=1)
+
+
+@pytest.fixture(autouse=True)
+def quick_silence(monkeypatch):
+    # A worker silent for cpu_limit + 2 s is killed (default: + 10 s).
+    monkeypatch.setenv("STATEROOM_SILENCE_GRACE", "2")
 
 
 async def fails_with_reset(call):
@@ -87,6 +93,18 @@ async def test_uninterruptible_event_costs_its_worker_a_restart_and_others_serve
     await wait_replaced(rt, victim["index"], victim["pid"])
     assert await victim_stub.get("k") == "kept"
     assert len(served_meanwhile) >= 5
+
+
+async def test_worker_that_goes_silent_is_killed_by_the_supervisor(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = box(rt, "silent")
+    await stub.put("k", "kept")
+    victim = await owner_of(rt, stub)
+    with trio.fail_after(30):
+        err = await fails_with_reset(lambda: stub.sleep_holding_the_gil(60))
+    assert isinstance(err, WorkerCrashedError) and err.retryable is True
+    await wait_replaced(rt, victim["index"], victim["pid"])
+    assert await stub.get("k") == "kept"
 
 
 @pytest.mark.stateroom(config=APP, workers=2, worker_memory_limit=300 * 1024 * 1024)

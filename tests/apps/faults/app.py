@@ -64,6 +64,14 @@ class Box(DurableObject):
         # One C call that holds the GIL for hours: no signal handler can run.
         return sum(range(10**13))
 
+    async def sleep_holding_the_gil(self, seconds):
+        # libc sleep through PyDLL keeps the GIL: the worker's loop, its watchdog
+        # thread and its signal handlers all stand still, and no CPU is burnt.
+        import ctypes
+
+        ctypes.PyDLL(None).sleep(seconds)
+        return "woke"
+
     async def sleep_blocking(self, seconds):
         time.sleep(seconds)  # noqa: ASYNC251 - blocks the worker's loop on purpose
         return "woke"

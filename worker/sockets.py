@@ -227,6 +227,8 @@ class SocketRegistry:
         # Released output not yet sent: (ws_id, data, text) for sends, WsClose for closes.
         self._out: list[Any] = []
         self._flush_scheduled = False
+        # Set once the supervisor answered `WsSync`: `parked` is complete from then on.
+        self._synced = trio.Event()
 
     @property
     def max_message_bytes(self) -> int:
@@ -246,6 +248,7 @@ class SocketRegistry:
         for _class_name, oid, count in reply.objects:
             if count:
                 self.parked[oid] = count
+        self._synced.set()
 
     def _request(self, make: Any, on_reply: Any = None) -> list[Any]:
         self._next_id += 1
@@ -273,10 +276,15 @@ class SocketRegistry:
         """Before constructing `host`: rebuild its socket handles from the supervisor.
 
         Returns at once (without yielding) when the mirror is there or the object
-        has no parked sockets. Cancellation leaves the host without a mirror (the
+        has no parked sockets (known once the supervisor answered this worker's
+        `WsSync`, which a fresh worker waits for here). Cancellation leaves the host without a mirror (the
         next construction asks again).
         """
-        if getattr(host, "web_sockets", None) is not None or not self.parked.get(host.target.id):
+        if getattr(host, "web_sockets", None) is not None:
+            return
+        if not self._synced.is_set():
+            await self._synced.wait()  # only in the first moments of a fresh worker
+        if not self.parked.get(host.target.id):
             return
         slot = self._request(lambda rid: WsRestore(rid, host.target))
         await slot[0].wait()

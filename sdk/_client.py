@@ -91,7 +91,10 @@ class _HttpTransport:
         if not path.startswith("/"):
             path = "/" + path
         url = f"{base}/_stateroom/v1/fetch/{quote(self.binding, safe='')}/{_object_key(target)}{path}"
-        headers = [("Authorization", f"Bearer {self.client.token}")] if self.client.token else []
+        headers: list[tuple[bytes, bytes]] = []
+        if self.client.token:
+            headers.append((b"authorization", f"Bearer {self.client.token}".encode()))
+        headers += kwargs.pop("extra_headers", None) or []
         async with open_websocket_url(url, extra_headers=headers, **kwargs) as ws:
             yield ws
 

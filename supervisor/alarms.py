@@ -44,6 +44,7 @@ Invariants:
 
 from __future__ import annotations
 
+import collections
 import heapq
 import math
 import random
@@ -144,8 +145,10 @@ class AlarmScheduler:
         self._classes_version: int | None = None
         self.nursery: trio.Nursery | None = None
         self.stopping = False
-        # Handler runs started (statistics).
+        # RunAlarm requests sent (statistics).
         self.fired = 0
+        # How late (ms) the last scheduled RunAlarms left the supervisor (statistics).
+        self.dispatch_late: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -278,6 +281,8 @@ class AlarmScheduler:
         outcome: dict[str, Any] | None = None
         failure: BaseException | None = None
         self.fired += 1
+        if not force and e.time is not None:
+            self.dispatch_late.append(now_ms() - e.time)
         try:
             reply = await self.sup.pool.request(
                 self.sup.owner(target),
@@ -576,6 +581,7 @@ class AlarmScheduler:
             "pending": sum(1 for e in self.alarms.values() if e.time is not None),
             "running": sum(1 for e in self.alarms.values() if e.running),
             "fired": self.fired,
+            "dispatch_late_ms": _percentiles(self.dispatch_late),
             "durable": len(self.durable),
             "next": self._head(),
         }
@@ -591,6 +597,13 @@ class _CommitBeforeNextStep(trio.abc.Instrument):
         trio.lowlevel.remove_instrument(self)
         self.scheduler._barrier_armed = False
         self.scheduler._flush()
+
+
+def _percentiles(values: Any) -> dict[str, float] | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return {f"p{p}": round(s[min(len(s) - 1, len(s) * p // 100)], 3) for p in (50, 99, 100)}
 
 
 def _json(obj: Any) -> HttpResponse:

@@ -36,6 +36,7 @@ once.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import inspect
 import math
 import time
@@ -95,10 +96,14 @@ def alarm_time_ms(when: Any) -> int:
     return ms
 
 
-def _takes_argument(handler: Any) -> bool:
-    """True unless `alarm` is declared without parameters (`async def alarm(self)`)."""
+@functools.lru_cache(maxsize=1024)
+def _takes_argument(fn: Any) -> bool:
+    """True unless `alarm` is declared without parameters (`async def alarm(self)`).
+
+    `fn` is the function on the class (cached per class), not the bound method.
+    """
     try:
-        params = inspect.signature(handler).parameters.values()
+        params = list(inspect.signature(fn).parameters.values())[1:]  # after self
     except (TypeError, ValueError):
         return True
     return any(
@@ -293,7 +298,9 @@ class AlarmStore:
         try:
             self.worker.fault_point("during_alarm", host)
             info = AlarmInfo(retry_count=retry, is_retry=retry > 0, scheduled_time=stored)
-            await (handler(info) if _takes_argument(handler) else handler())
+            unbound = getattr(type(instance), "alarm", None)
+            takes = _takes_argument(unbound) if inspect.isfunction(unbound) else True
+            await (handler(info) if takes else handler())
         except Exception as exc:  # noqa: BLE001 - a failed alarm is retried, not fatal
             error = error_to_fields(exc)
         finally:

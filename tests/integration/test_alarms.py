@@ -190,6 +190,26 @@ async def test_handler_can_set_the_next_alarm(stateroom_runtime):
     assert len(await stub.firings()) == 3
 
 
+async def test_each_alarm_run_is_billed_as_a_request(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("billed")
+    await stub.configure(fail_times=1)  # request 1
+    await stub.set_alarm(now_ms())  # request 2; runs twice (a failure, then its retry)
+
+    async def ran_twice():
+        entry = await index_entry(rt, stub)  # the index, not the object: no request
+        return entry["time"] is None and not entry["running"] and entry["retry"] == 0
+
+    await wait_for("the alarm and its retry to run", ran_twice)
+
+    async def billed():
+        doc = await rt.client.billing(group_by="object")
+        mine = [g for g in doc["groups"] if g["object"] == str(stub.id)]
+        return mine and mine[0]["requests"] == 4
+
+    await wait_for("4 requests billed (2 RPCs + 2 alarm runs)", billed)
+
+
 async def test_alarm_handler_may_omit_the_alarm_info_parameter(stateroom_runtime):
     stub = stateroom_runtime.namespace("BARE").get_by_name("bare")
     await stub.set_alarm(now_ms())

@@ -22,7 +22,7 @@ already wrote), and once the subtree is quiet the failure is retryable exactly i
 nothing in it announced a write; if it is still busy after `SETTLE_S`, it is not
 retryable. So a retryable failure is always safe to retry.
 
-Spare: once every slot is ready, the pool starts one spare worker process that
+Spare: a second after every slot is ready, the pool starts one spare worker process that
 imports everything and waits for its `Welcome`. A restart takes the spare (no
 interpreter start, no imports: the slot serves again in tens of milliseconds) and
 a new spare is started in the background. `STATEROOM_SPARE_WORKER=0` turns it off.
@@ -75,6 +75,8 @@ CRASH_LOOP_S = 1.5
 # Quick deaths in a row restarted without delay before backoff begins.
 FREE_RESTARTS = 3
 MAX_BACKOFF_S = 2.0
+# Seconds after start-up before the first spare worker is started.
+SPARE_DELAY_S = 1.0
 # Seconds a dead worker's request waits for its calls elsewhere to settle.
 SETTLE_S = 5.0
 
@@ -198,7 +200,7 @@ class WorkerPool:
                     await w.ready.wait()
             task_status.started()
             if self.use_spare:
-                nursery.start_soon(self._keep_spare)
+                nursery.start_soon(self._first_spare)
 
     async def _supervise(self, w: WorkerProc) -> None:
         quick_deaths = 0
@@ -252,6 +254,13 @@ class WorkerPool:
         if self.nursery is not None and not self.stopping:
             self.nursery.start_soon(self._keep_spare)
         return spare
+
+    async def _first_spare(self) -> None:
+        # A moment after start-up, so the spare does not compete with it (and a
+        # runtime living only a second, as in many tests, never pays for one).
+        await trio.sleep(SPARE_DELAY_S)
+        if self._spare is None and not self.stopping:
+            await self._keep_spare()
 
     async def _keep_spare(self) -> None:
         """Start a spare and watch it until it is taken (or dies: then start another)."""

@@ -14,16 +14,18 @@ output gate, so never before the write is durable and never for a write that was
 rolled back), and when the supervisor fires (`RunAlarm`) the worker re-reads the
 row and runs the handler only if an alarm is stored and due. A stale or lost index
 entry therefore never runs a handler early or twice for one success; it only costs
-a wake-up.
+a wake-up. An object that starts (is constructed) with an alarm stored reports it
+again (`resync`), so a commit whose report died with its worker is not forgotten.
 
 Running an alarm (`run`): it is an ordinary event of the object (arrival order,
 input gate, one at a time with other events' storage calls). Inside it:
 
 * the handler gets `AlarmInfo(retry_count, is_retry, scheduled_time)`; a retry
   keeps the original `scheduled_time`;
-* while it runs, `get_alarm()` answers None unless the alarm is set (or deleted)
-  again; any such change during the run "replaces" the alarm being run;
-* on success the stored alarm is cleared unless it was changed during the run;
+* while it runs, `get_alarm()` answers None as long as the row holds the alarm
+  being run; setting (or deleting) it during the run, if that write is not rolled
+  back, replaces the alarm being run;
+* on success the stored alarm is cleared unless it was replaced during the run;
   on failure it stays stored (the supervisor schedules the retry) unless it was the
   last retry (`MAX_RETRIES`);
 * each run counts as one request of the object (billing).
@@ -114,11 +116,12 @@ def _takes_argument(fn: Any) -> bool:
 class _Run:
     """The alarm handler running in one object."""
 
-    __slots__ = ("changed",)
+    __slots__ = ("original",)
 
-    def __init__(self) -> None:
-        # True once set_alarm/delete_alarm ran during the handler: the alarm was replaced.
-        self.changed = False
+    def __init__(self, original: int) -> None:
+        # The stored alarm being run. While the row still holds it, the alarm counts as
+        # not set (get_alarm() is None); any other value (or none) replaced it.
+        self.original = original
 
 
 class AlarmStore:
@@ -180,10 +183,11 @@ class AlarmStore:
 
     def get(self, host: ObjectHost) -> int | None:
         """`get_alarm()`: None inside the running handler unless the alarm was set again."""
+        stored = self.stored(host)
         run = self._running.get(host)
-        if run is not None and not run.changed:
+        if run is not None and stored == run.original:
             return None
-        return self.stored(host)
+        return stored
 
     async def set(self, host: ObjectHost, when: Any) -> None:
         """`set_alarm(when)`: replace the object's alarm; a past time means now.
@@ -193,16 +197,10 @@ class AlarmStore:
         """
         ms = max(alarm_time_ms(when), math.ceil(now_ms()))
         self._write(host, ms)
-        run = self._running.get(host)
-        if run is not None:
-            run.changed = True
         self._announce(host)
 
     def delete(self, host: ObjectHost) -> None:
         """`delete_alarm()` (also part of `delete_all`)."""
-        run = self._running.get(host)
-        if run is not None:
-            run.changed = True
         self._write(host, None)
         # Announced even when nothing was stored: it also clears a stale index entry.
         self._announce(host)
@@ -291,7 +289,7 @@ class AlarmStore:
             self._write(host, None)
             return {"ran": False, "alarm": None}
         generation = host.generation
-        run = _Run()
+        run = _Run(stored)
         self._running[host] = run
         host.counters.requests += 1
         error = None
@@ -313,13 +311,15 @@ class AlarmStore:
                 f"alarm of {host.target.class_name} {host.target.id[:12]} failed"
                 f" (attempt {retry + 1} of {MAX_RETRIES + 1}): {error['type']}: {error['message']}"
             )
-        if not run.changed and (error is None or retry >= MAX_RETRIES):
+        # Set or deleted during the run (and not rolled back): that replaces this alarm.
+        changed = self.stored(host) != stored
+        if not changed and (error is None or retry >= MAX_RETRIES):
             self._write(host, None)
         return {
             "ran": True,
             "ok": error is None,
             "error": error,
-            "changed": run.changed,
+            "changed": changed,
             "alarm": self.stored(host),
             "retry_count": retry,
             "scheduled": stored,

@@ -14,6 +14,7 @@ import httpx
 import pytest
 import trio
 
+from stateroom import DurableObjectError
 from stateroom.testing import open_runtime
 from tests.conftest import APPS
 
@@ -33,11 +34,19 @@ def now_ms() -> int:
 
 
 async def wait_for(what: str, probe, timeout: float = 15.0):
-    """Poll `await probe()` until it returns a truthy value; fail naming `what`."""
+    """Poll `await probe()` until it returns a truthy value; fail naming `what`.
+
+    A probe caught by a worker crash (a retryable runtime error) counts as "not yet".
+    """
     try:
         with trio.fail_after(timeout):
             while True:
-                value = await probe()
+                try:
+                    value = await probe()
+                except DurableObjectError as exc:
+                    if not exc.retryable:
+                        raise
+                    value = None
                 if value:
                     return value
                 await trio.sleep(0.05)

@@ -225,6 +225,19 @@ async def test_alarm_handler_may_omit_the_alarm_info_parameter(stateroom_runtime
     await wait_for("the bare alarm handler to run", stub.runs)
 
 
+async def test_alarm_set_in_a_rolled_back_transaction_does_not_replace_the_running_one(
+    stateroom_runtime,
+):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("rolled-back")
+    await stub.configure(rolled_back_set=True)
+    await stub.set_alarm(now_ms())
+    [run] = await wait_firings(stub, 1)
+    assert run["inside_after_rollback"] is None
+    await wait_settled(rt, stub)
+    assert len(await stub.firings()) == 1
+
+
 # ---------------------------------------------------------------- failures and retries
 
 

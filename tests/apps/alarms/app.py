@@ -3,7 +3,8 @@
 `configure(fail_times=K, again_ms=D, again_times=N, sleep_first_s=S)`: the first
 run sleeps S seconds after recording itself (so a test can crash the runtime while
 a handler runs; runs that complete are marked "done"); the first K runs raise; after
-each of the first N successful runs the handler sets the next alarm D ms later.
+each of the first N successful runs the handler sets the next alarm D ms later;
+`rolled_back_set=True`: the handler sets an alarm inside a transaction it rolls back.
 """
 
 import time
@@ -57,6 +58,15 @@ class Alarmed(DurableObject):
             firings[-1]["failed"] = True
             await self.ctx.storage.put("firings", firings)
             raise RuntimeError(f"alarm failure {failed_before + 1}")
+        if cfg.get("rolled_back_set"):
+            storage = self.ctx.storage
+
+            async def set_then_roll_back(txn):
+                await storage.set_alarm(at + 60_000)
+                txn.rollback()
+
+            await storage.transaction(set_then_roll_back)
+            firings[-1]["inside_after_rollback"] = await storage.get_alarm()
         firings[-1]["done"] = True
         await self.ctx.storage.put("firings", firings)
         again = cfg.get("again_times", 0)

@@ -206,7 +206,10 @@ class WorkerPool:
         quick_deaths = 0
         while not self.stopping:
             began = time.monotonic()
-            await self._run_once(w)
+            try:
+                await self._run_once(w)
+            except OSError as exc:  # could not start a process (fork, fds): try again later
+                print(f"stateroom: cannot start worker {w.index}: {exc!r}", file=sys.stderr, flush=True)
             if self.stopping:
                 break
             w.restarts += 1
@@ -265,7 +268,12 @@ class WorkerPool:
     async def _keep_spare(self) -> None:
         """Start a spare and watch it until it is taken (or dies: then start another)."""
         while not self.stopping and self._spare is None:
-            process, sock = await self._spawn(-1)
+            try:
+                process, sock = await self._spawn(-1)
+            except OSError as exc:
+                print(f"stateroom: cannot start a spare worker: {exc!r}", file=sys.stderr, flush=True)
+                await trio.sleep(5.0)
+                continue
             if self.stopping:
                 process.kill()
                 sock.close()

@@ -83,3 +83,19 @@ async def test_alarm_whose_report_died_with_the_worker_fires_once_the_object_sta
     assert await stub.get_alarm() == when, "the committed alarm is visible"
     [run] = await wait_firings(stub, 1)
     assert run["scheduled"] == when
+
+
+async def test_alarm_is_dropped_after_crashing_its_worker_seven_times(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("crashes-every-time")
+    await rt.inject("during_alarm", stub, times=7)
+    await stub.set_alarm(now_ms() + 300)
+
+    async def dropped():
+        entry = await index_entry(rt, stub)
+        return entry["time"] is None and not entry["running"]
+
+    # The first run and its 6 retries all crash; then the stored alarm is dropped.
+    await wait_for("the alarm to be dropped after 7 crashed runs", dropped, timeout=60)
+    assert await stub.get_alarm() is None
+    assert await stub.firings() == []

@@ -276,6 +276,7 @@ class Client:
         has no alarm. Raises the handler's exception if it raised (the alarm then
         stays set and is retried like any failed alarm).
         """
+        stub = getattr(stub, "_stub", stub)  # the sync facade's stub wraps an async one
         r = await self._request(
             "POST", f"/_stateroom/v1/objects/{quote(stub._ns.binding, safe='')}/{stub.id}/alarm/run"
         )

@@ -445,3 +445,20 @@ async def test_crash_during_socket_delivery_keeps_the_socket_and_delivers_the_me
         assert pid not in await rt.worker_pids()
         info = json.loads(await exchange(ws, "info"))
         assert info["constructed"] == 2 and info["sockets"] == 1
+
+
+@pytest.mark.stateroom(config=APP, workers=2, hibernate_after=1)
+async def test_a_close_wakes_a_hibernated_object_with_the_sockets_attachment(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ROOM").get_by_name("nightly")
+    async with stub.web_socket("/?who=stayer") as stayer:
+        async with stub.web_socket("/?who=leaver") as leaver:
+            assert await exchange(leaver, "echo:x") == "x"
+            await wait_gauges(rt, lambda active, parked: active >= 1, "the room to be reported active")
+            await wait_gauges(rt, lambda active, parked: active == 0 and parked == 2, "the room to hibernate")
+            await leaver.aclose(code=4005, reason="night")
+        with trio.fail_after(15):
+            assert await stayer.get_message() == "closed:4005:True"
+        info = json.loads(await exchange(stayer, "info"))
+    assert info["constructed"] == 2 and info["sockets"] == 1
+    assert info["closes"] == [[4005, "night", True, {"who": "leaver"}]]

@@ -139,8 +139,8 @@ def cmd_objects(args: argparse.Namespace) -> None:
     elif args.action == "export":
         oid, data = result
         try:
-            with open(args.file, "wb") as f:
-                f.write(data)
+            with open(args.file, "wb") as out:
+                out.write(data)
         except OSError as exc:
             _die(f"cannot write {args.file}: {exc.strerror or exc}")
         print(f"exported {oid} to {args.file} ({len(data)} bytes)")

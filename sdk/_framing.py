@@ -116,7 +116,7 @@ class FramedConnection:
                 data = await self.stream.receive_some(1 << 20)
                 if not data:
                     break
-                for msg in reader.feed(data):
+                for msg in reader.feed(bytes(data)):
                     on_message(msg)
         except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
             pass

@@ -1,3 +1,5 @@
+# mypy: disable-error-code="misc"
+# (msgspec Structs inherit `frozen` from `_Msg`; mypy's dataclass view does not see it.)
 """The wire protocol between the supervisor and its workers: data only, no I/O.
 
 Frames are length-prefixed (4-byte big-endian length, then one msgpack-encoded

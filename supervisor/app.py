@@ -19,7 +19,6 @@ import secrets
 import signal
 import sys
 import time
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -35,7 +34,6 @@ from stateroom._errors import (
 )
 from stateroom._ids import IdFactory, is_id_string
 from stateroom._protocol import (
-    Admin,
     Call,
     CallReply,
     Fetch,

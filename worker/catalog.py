@@ -215,16 +215,17 @@ class ObjectHost:
                     if event.generation == self.generation:
                         await self.wait_durable()
                     event.finish(error=exc)
-                except Exception as exc:
+                except Exception as user_error:
                     # User errors do not undo writes already made (SPEC §5).
                     if event.generation == self.generation:
                         await self.wait_durable()
+                    error: BaseException = user_error
                     if event.generation != self.generation:
-                        exc = ObjectResetError(
+                        error = ObjectResetError(
                             "the object was reset during this event",
                             retryable=not event.committed,
                         )
-                    event.finish(error=exc)
+                    event.finish(error=error)
             if scope.cancelled_caught and event.wrote and event.generation == self.generation:
                 # Cancelled after writing (e.g. in a `finally`): the write commits with
                 # the next batch; announce it before the event's reply (SPEC §8).

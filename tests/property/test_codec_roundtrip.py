@@ -9,6 +9,7 @@ from typing import Any
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from stateroom._codec import decode, encode
 from stateroom._ids import DurableObjectId
 

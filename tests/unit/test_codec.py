@@ -12,6 +12,7 @@ from typing import Any
 
 import msgpack
 import pytest
+
 from stateroom._codec import decode, encode
 from stateroom._ids import DurableObjectId
 

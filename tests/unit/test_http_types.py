@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+
 from stateroom._http import Headers, MultiDict, Request, Response
 
 # -- MultiDict ------------------------------------------------------------------------

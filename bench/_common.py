@@ -182,3 +182,30 @@ trio.run(main)
 
 def median(values: list[float]) -> float:
     return statistics.median(values) if values else float("nan")
+
+
+# wrk script: GET /obj-0 ... /obj-99 in turn (100 objects through Default).
+MANY_OBJECTS_WRK = """
+counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format("GET", "/obj-" .. (counter % 100))
+end
+"""
+
+
+def sequential(port: int, n: int) -> dict[str, float]:
+    """n sequential keep-alive GETs on one object (after 200 warm-up requests)."""
+    client = RawHttp("127.0.0.1", port)
+    for _ in range(200):
+        client.get("/seq")
+    lat = []
+    t0 = time.perf_counter()
+    for _ in range(n):
+        t = time.perf_counter()
+        status, _ = client.get("/seq")
+        lat.append(time.perf_counter() - t)
+        assert status == 200
+    total = time.perf_counter() - t0
+    client.close()
+    return {"rps": n / total, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}

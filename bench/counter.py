@@ -14,40 +14,23 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import time
 from pathlib import Path
 
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RawHttp, apsw_commit_floor, pct, print_table, trio_pingpong_floor, wrk  # noqa: E402
+from _common import (  # noqa: E402
+    MANY_OBJECTS_WRK,
+    apsw_commit_floor,
+    print_table,
+    sequential,
+    trio_pingpong_floor,
+    wrk,
+)
 
 from stateroom.testing import open_runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-MANY = """
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/obj-" .. (counter % 100))
-end
-"""
-
-
-def sequential(port: int, n: int) -> dict[str, float]:
-    client = RawHttp("127.0.0.1", port)
-    for _ in range(200):
-        client.get("/seq")
-    lat = []
-    t0 = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        status, _ = client.get("/seq")
-        lat.append(time.perf_counter() - t)
-        assert status == 200
-    total = time.perf_counter() - t0
-    client.close()
-    return {"rps": n / total, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
 
 
 async def main() -> None:
@@ -68,7 +51,7 @@ async def main() -> None:
     ) as rt:
         seq = await trio.to_thread.run_sync(sequential, rt.port, args.requests)
         many = await trio.to_thread.run_sync(
-            lambda: wrk(rt.url + "/", connections=32, seconds=args.seconds, script=MANY)
+            lambda: wrk(rt.url + "/", connections=32, seconds=args.seconds, script=MANY_OBJECTS_WRK)
         )
         one = await trio.to_thread.run_sync(
             lambda: wrk(rt.url + "/hot", connections=32, seconds=args.seconds)

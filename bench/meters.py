@@ -27,35 +27,12 @@ import httpx
 import trio
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import RawHttp, median, pct, print_table, wrk  # noqa: E402
+from _common import MANY_OBJECTS_WRK, median, pct, print_table, sequential, wrk  # noqa: E402
 
 from stateroom.supervisor.processes import ProcessSampler  # noqa: E402
 from stateroom.testing import open_runtime  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-MANY = """
-counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format("GET", "/obj-" .. (counter % 100))
-end
-"""
-
-
-def sequential(port: int, n: int) -> dict[str, float]:
-    client = RawHttp("127.0.0.1", port)
-    for _ in range(200):
-        client.get("/seq")
-    lat = []
-    t0 = time.perf_counter()
-    for _ in range(n):
-        t = time.perf_counter()
-        status, _ = client.get("/seq")
-        lat.append(time.perf_counter() - t)
-        assert status == 200
-    total = time.perf_counter() - t0
-    client.close()
-    return {"rps": n / total, "p50_ms": pct(lat, 50) * 1e3, "p99_ms": pct(lat, 99) * 1e3}
 
 
 async def one_round(meters: bool, args: argparse.Namespace) -> dict[str, float]:
@@ -67,7 +44,7 @@ async def one_round(meters: bool, args: argparse.Namespace) -> dict[str, float]:
         ) as rt:
             before = await rt.processes()
             many = await trio.to_thread.run_sync(
-                lambda: wrk(rt.url + "/", connections=32, seconds=args.seconds, script=MANY)
+                lambda: wrk(rt.url + "/", connections=32, seconds=args.seconds, script=MANY_OBJECTS_WRK)
             )
             after = await rt.processes()
             seq = await trio.to_thread.run_sync(sequential, rt.port, args.requests)

@@ -10,6 +10,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 import msgspec
 
 from stateroom._errors import DurableObjectError, error_from_fields, error_to_fields
+from stateroom._files import sqlite_file_bytes
 from stateroom._ids import is_id_string
 from stateroom._protocol import Admin, Fetch, HttpRequest, HttpResponse, Rpc
 
@@ -40,13 +41,7 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
     method = request.method
     query = dict(parse_qsl(urlsplit(request.url).query, keep_blank_values=True))
     if not parts or parts[0] != "v1":
-        for ext in sup.extensions:
-            handler = getattr(ext, "route", None)
-            if handler is not None:
-                resp = await handler(request, parts, query)
-                if resp is not None:
-                    return resp
-        raise HttpError(404, f"unknown route /_stateroom/{path}")
+        return await _extension_route(sup, request, parts, query, path)
     rest = parts[1:]
     head = rest[0] if rest else ""
 
@@ -142,6 +137,13 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
     if head == "objects" and len(rest) >= 2:
         return await objects_route(sup, request, rest[1:], query)
 
+    return await _extension_route(sup, request, parts, query, path)
+
+
+async def _extension_route(
+    sup: Supervisor, request: HttpRequest, parts: list[str], query: dict, path: str
+) -> HttpResponse:
+    """Offer a route to the extensions (dashboard, metrics, billing, ...); else 404."""
     for ext in sup.extensions:
         handler = getattr(ext, "route", None)
         if handler is not None:
@@ -195,7 +197,7 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
         objects = []
         for oid in _object_ids(sup, ns_key):
             path = sup.data_dir / "objects" / str(ns_key) / f"{oid}.sqlite"
-            objects.append({"id": oid, "name": names.get(oid), "bytes": _size(path), "active": False})
+            objects.append({"id": oid, "name": names.get(oid), "bytes": sqlite_file_bytes(path), "active": False})
         return json_response({"objects": objects})
     oid = unquote(rest[1])
     try:
@@ -244,16 +246,6 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
             if resp is not None:
                 return resp
     raise HttpError(404, "unknown object route")
-
-
-def _size(path: Any) -> int:
-    total = 0
-    for suffix in ("", "-wal"):
-        try:
-            total += os.path.getsize(str(path) + suffix)
-        except FileNotFoundError:
-            pass
-    return total
 
 
 async def rollback(sup: Supervisor, request: HttpRequest) -> dict[str, Any]:

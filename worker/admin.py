@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from stateroom import _codec
+from stateroom._files import sqlite_file_bytes
 from stateroom._protocol import Admin
 
 
@@ -21,7 +22,7 @@ async def run_admin(worker: Any, msg: Admin) -> bytes:
     if msg.op == "info":
         host = worker.catalog.get((target.class_name, target.id))
         path = worker.object_path(target)
-        size = host.db.size_bytes() if host is not None else _size(path)
+        size = host.db.size_bytes() if host is not None else sqlite_file_bytes(path)
         return _codec.encode({"bytes": size, "active": bool(host and host.instance is not None)})
     if msg.op == "delete":
         host = worker.host_for(target)
@@ -39,15 +40,3 @@ async def run_admin(worker: Any, msg: Admin) -> bytes:
         await import_state(worker, target, msg.data)
         return _codec.encode(True)
     raise ValueError(f"unknown admin op {msg.op!r}")
-
-
-def _size(path: Any) -> int:
-    import os
-
-    total = 0
-    for suffix in ("", "-wal"):
-        try:
-            total += os.path.getsize(str(path) + suffix)
-        except FileNotFoundError:
-            pass
-    return total

@@ -56,6 +56,7 @@ import apsw
 
 from stateroom import _codec
 from stateroom._errors import DurableObjectError, SqlError
+from stateroom._files import sqlite_file_bytes
 
 from .sqlpolicy import RESERVED_PREFIX, Policy, mentions_reserved
 
@@ -606,11 +607,7 @@ class Database:
 
     def size_bytes(self) -> int:
         """Bytes on disk of the database and its WAL (history not included)."""
-        total = 0
-        for suffix in ("", "-wal"):
-            with contextlib.suppress(FileNotFoundError):
-                total += os.path.getsize(str(self.path) + suffix)
-        return total
+        return sqlite_file_bytes(self.path)
 
     # ------------------------------------------------------------- SQL
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import math
-from datetime import datetime, time, timedelta, timezone
-from decimal import Decimal
+from datetime import timedelta, timezone
 from typing import Any
 
 from hypothesis import HealthCheck, given, settings
@@ -12,6 +10,7 @@ from hypothesis import strategies as st
 
 from stateroom._codec import decode, encode
 from stateroom._ids import DurableObjectId
+from tests.codec_assert import assert_same
 
 _DAY_US = 86_400 * 1_000_000
 
@@ -71,46 +70,6 @@ values = st.recursive(
     ),
     max_leaves=20,
 )
-
-
-def assert_same(a: Any, b: Any, path: str = "value") -> None:
-    """Same types recursively and equal values (nan-aware, sign of zero, Decimal by str)."""
-    assert type(a) is type(b), f"{path}: type {type(a).__name__} != {type(b).__name__}"
-    kind = type(a)
-    if kind is float:
-        if math.isnan(a):
-            assert math.isnan(b), f"{path}: {a!r} != {b!r}"
-        else:
-            assert a == b, f"{path}: {a!r} != {b!r}"
-            assert math.copysign(1.0, a) == math.copysign(1.0, b), f"{path}: sign of zero"
-    elif kind is Decimal:
-        assert str(a) == str(b), f"{path}: {a!r} != {b!r}"
-    elif kind in (list, tuple):
-        assert len(a) == len(b), f"{path}: length {len(a)} != {len(b)}"
-        for i, (x, y) in enumerate(zip(a, b, strict=True)):
-            assert_same(x, y, f"{path}[{i}]")
-    elif kind in (set, frozenset):
-        assert len(a) == len(b), f"{path}: size {len(a)} != {len(b)}"
-        b_members = {m: m for m in b}
-        for m in a:
-            assert m in b_members, f"{path}: {m!r} missing"
-            assert_same(m, b_members[m], f"{path}{{{m!r}}}")
-    elif kind is dict:
-        assert len(a) == len(b), f"{path}: size {len(a)} != {len(b)}"
-        b_keys = {k: k for k in b}
-        for k, v in a.items():
-            assert k in b_keys, f"{path}: key {k!r} missing"
-            assert_same(k, b_keys[k], f"{path} key {k!r}")
-            assert_same(v, b[k], f"{path}[{k!r}]")
-    elif kind in (datetime, time):
-        assert a.replace(tzinfo=None) == b.replace(tzinfo=None), f"{path}: {a!r} != {b!r}"
-        assert a.utcoffset() == b.utcoffset(), f"{path}: offset {a!r} != {b!r}"
-        assert a.tzname() == b.tzname(), f"{path}: tzname {a!r} != {b!r}"
-        assert a.fold == b.fold, f"{path}: fold {a!r} != {b!r}"
-    elif kind is DurableObjectId:
-        assert str(a) == str(b) and a.name == b.name, f"{path}: {a!r} != {b!r}"
-    else:
-        assert a == b, f"{path}: {a!r} != {b!r}"
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -224,8 +224,10 @@ class WorkerPool:
         fd = child_sock.fileno()
         env = dict(os.environ)
         env["STATEROOM_WORKER_INDEX"] = str(index)
-        # The C allocator, so memory freed by hibernation can go back (worker/memory.py).
+        # The C allocator with a fixed mmap threshold from the first allocation on, so
+        # memory freed by hibernation can go back (worker/memory.py).
         env.setdefault("PYTHONMALLOC", "malloc")
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
         try:
             process = await trio.lowlevel.open_process(
                 [sys.executable, "-m", "stateroom.worker", "--fd", str(fd), "--index", str(index)],

@@ -356,6 +356,10 @@ async def test_hibernation_frees_the_instance_while_its_sockets_stay_open(stater
         await wait_gauges(
             rt, lambda active, parked: active == 0 and parked == 3, "the room to hibernate, sockets parked"
         )
+        procs = await rt.processes()
+        owner = next(p for p in procs if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"])
+        assert owner["sockets_parked"] == 3 and owner["objects_active"] == 0
+        assert sum(p["sockets_parked"] for p in procs if p["role"] == "worker") == 3
         woke = json.loads(await exchange(b, "info"))
         assert woke["constructed"] == 2, woke
         assert woke["sockets"] == 3

@@ -466,3 +466,23 @@ async def test_a_close_wakes_a_hibernated_object_with_the_sockets_attachment(sta
         info = json.loads(await exchange(stayer, "info"))
     assert info["constructed"] == 2 and info["sockets"] == 1
     assert info["closes"] == [[4005, "night", True, {"who": "leaver"}]]
+
+
+@pytest.mark.stateroom(config=APP, workers=2)
+async def test_socket_messages_are_billed_as_ws_messages_in(stateroom_runtime):
+    rt = stateroom_runtime
+    stub = rt.namespace("ROOM").get_by_name("billed")
+    async with stub.web_socket("/?who=b") as ws:
+        for i in range(3):
+            assert await exchange(ws, f"echo:{i}") == str(i)
+        _, parked = await gauges(rt)
+        assert parked == 1
+        groups: list = []
+        with trio.fail_after(30):
+            while True:
+                bill = await rt.client.billing(group_by="object")
+                groups = [g for g in bill["groups"] if g["object"] == str(stub.id)]
+                if groups and groups[0]["ws_messages_in"] >= 3:
+                    break
+                await trio.sleep(0.2)
+    assert groups[0]["ws_messages_in"] == 3, groups

@@ -89,6 +89,9 @@ class SocketEvent(Event):
             return
         super().finish(result, error)
         assert self.request_id is not None
+        # The event's released output precedes its Reply on the wire: a Reply means
+        # the output is on its way, and a crash loses both (the retry re-sends it).
+        self.registry.flush_output()
         if error is None:
             self.registry.send(Reply(self.request_id, True))
         else:
@@ -396,6 +399,10 @@ class SocketRegistry:
 
     async def _flush(self) -> None:
         self._flush_scheduled = False
+        self.flush_output()
+
+    def flush_output(self) -> None:
+        """Hand every released send/close to the supervisor connection, in order."""
         out, self._out = self._out, []
         ids: list[int] = []
         data: bytes | None = None

@@ -42,12 +42,16 @@ async def test_echoes_survive_repeated_worker_kills_once_each_and_in_order(state
         if done[0] == CLIENTS:
             sent_all.set()
 
+    shard = int(str(rt.namespace("ROOM").get_by_name("soak0").id)[:8], 16) % 256
+
     async def killer() -> None:
         for _ in range(2):
             await trio.sleep(0.5)
             if sent_all.is_set():
                 return
-            os.kill((await rt.worker_pids())[0], signal.SIGKILL)
+            procs = await rt.processes()
+            owner = next(p for p in procs if p["role"] == "worker" and shard in p["shards"])
+            os.kill(owner["pid"], signal.SIGKILL)  # the worker owning room soak0
 
     with trio.fail_after(90):
         async with trio.open_nursery() as nursery:

@@ -37,7 +37,8 @@ socket has left the lot, with its tags and attachment.
 Invariants:
 * `self.sockets` holds every pending and parked socket, `self.objects[id].sockets`
   the same sockets grouped by object, in accept order; `self.parked` counts the
-  entries with a connection (`sockets_parked`).
+  entries with a connection (`sockets_parked`), `self.parked_by_shard` the same by
+  the shard of their object (an id's shard never changes).
 * A socket leaves the lot exactly once (`_unpark`); after that no event of it is
   delivered except the one that reports its end, and only if the object did not
   end it itself (`detached`).
@@ -164,8 +165,10 @@ class Parking:
         self.sockets: dict[int, ParkedSocket] = {}
         # Objects with sockets or socket settings, by object id.
         self.objects: dict[str, ParkedObject] = {}
-        # Sockets with a completed handshake (the `sockets_parked` gauge).
+        # Sockets with a completed handshake (the `sockets_parked` gauge), in all and
+        # by shard (a worker's figure sums its shards).
         self.parked = 0
+        self.parked_by_shard: dict[int, int] = {}
         self.nursery: trio.Nursery | None = None
         # Writes every socket's queued frames once per scheduling pass (websocket.py).
         self.batcher: WriteBatcher | None = None
@@ -213,13 +216,11 @@ class Parking:
     def sockets_parked(self, worker_index: int | None = None) -> int:
         if worker_index is None:
             return self.parked
-        pool = self.sup.pool
-        return sum(
-            1
-            for s in self.sockets.values()
-            if s.conn is not None
-            and pool.owners[shard_of(s.obj.target.id, pool.shard_count)] == worker_index
-        )
+        owners = self.sup.pool.owners
+        return sum(n for shard, n in self.parked_by_shard.items() if owners[shard] == worker_index)
+
+    def _shard(self, s: ParkedSocket) -> int:
+        return shard_of(s.obj.target.id, self.sup.pool.shard_count)
 
     # ------------------------------------------------------------------ worker messages
 
@@ -331,6 +332,12 @@ class Parking:
             return
         if s.conn is not None:
             self.parked -= 1
+            shard = self._shard(s)
+            left = self.parked_by_shard[shard] - 1
+            if left:
+                self.parked_by_shard[shard] = left
+            else:
+                del self.parked_by_shard[shard]
         obj = s.obj
         obj.sockets.pop(s.ws_id, None)
         if not obj.sockets and obj.auto_request is None and obj.event_timeout_ms is None:
@@ -428,6 +435,8 @@ class Parking:
             return
         s.conn = ws
         self.parked += 1
+        shard = self._shard(s)
+        self.parked_by_shard[shard] = self.parked_by_shard.get(shard, 0) + 1
         early, s.early = s.early, []
         for frame in early:
             ws.send_frame(frame)

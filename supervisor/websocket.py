@@ -46,6 +46,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import socket
 import struct
 from collections import deque
 from dataclasses import dataclass
@@ -162,6 +163,30 @@ class WriteBatcher:
             ws.flush()
 
 
+# TCP keepalive on parked sockets: a peer that vanished without a FIN (power loss, a
+# dropped NAT entry) is noticed after about IDLE + INTERVAL * COUNT seconds and its
+# object gets a 1006 close, instead of the socket staying parked forever.
+KEEPALIVE_IDLE_S = 60
+KEEPALIVE_INTERVAL_S = 10
+KEEPALIVE_COUNT = 3
+
+
+def _keepalive(stream: trio.SocketStream) -> None:
+    sock = stream.socket
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (
+            ("TCP_KEEPIDLE", KEEPALIVE_IDLE_S),
+            ("TCP_KEEPINTVL", KEEPALIVE_INTERVAL_S),
+            ("TCP_KEEPCNT", KEEPALIVE_COUNT),
+        ):
+            option = getattr(socket, name, None)
+            if option is not None:
+                sock.setsockopt(socket.IPPROTO_TCP, option, value)
+    except OSError:
+        pass  # not a TCP socket (tests use socketpairs)
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """A complete received message: UTF-8 bytes of a text message, or binary bytes."""
@@ -243,6 +268,7 @@ class ServerWebSocket:
         self._done = False
         # Set (and dropped) when a drain ends, for `wait_flushed`.
         self._drained: trio.Event | None = None
+        _keepalive(stream)
         if trailing:
             self._feed(trailing)
 

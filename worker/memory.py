@@ -84,6 +84,8 @@ class MemoryReleaser:
         self._evicted = 0
         # time.monotonic() of the last release.
         self._last = 0.0
+        # True when the last release was for evictions: one more follows.
+        self._trailing = False
         # Number of releases done (diagnostics).
         self.releases = 0
 
@@ -91,12 +93,18 @@ class MemoryReleaser:
         self._evicted += count
 
     def maybe_release(self) -> bool:
-        """Release now if objects were evicted and the last release is old enough."""
-        if not self._evicted:
+        """Release now if objects were evicted and the last release is old enough.
+
+        One more release follows the last eviction by `MIN_INTERVAL`: what the
+        evicted objects still held when they went (meter rows not yet reported,
+        buffers of their last events) is freed by then.
+        """
+        if not self._evicted and not self._trailing:
             return False
         now = time.monotonic()
         if now - self._last < MIN_INTERVAL:
             return False
+        self._trailing = bool(self._evicted)
         self._evicted = 0
         self._last = now
         gc.collect()

@@ -22,7 +22,7 @@ Hence three measures:
 
 Measured (20,000 sockets over 1,000 rooms, 2 workers): pymalloc alone leaves the
 workers +23 % over their baseline once the rooms hibernated, the C allocator with
-trimming +13 %, all three +2 to +4 %.
+trimming +13 %, all of the above +3 to +6 %.
 
 Invariants: all of this is advisory (a no-op where libc lacks `mallopt` or
 `malloc_trim`); releasing runs

@@ -25,9 +25,9 @@ workers +23 % over their baseline once the rooms hibernated, the C allocator wit
 trimming +13 %, all of the above +3 to +6 %.
 
 Invariants: all of this is advisory (a no-op where libc lacks `mallopt` or
-`malloc_trim`); releasing runs
-at most once per `MIN_INTERVAL` seconds, and only when something was evicted since
-the last time, so a busy worker never pays for it on every sweep.
+`malloc_trim`); releasing runs at most once per `MIN_INTERVAL` seconds, only when
+something was evicted since the last time (plus one trailing release), so a busy
+worker never pays for it on every sweep.
 """
 
 from __future__ import annotations

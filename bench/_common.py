@@ -76,7 +76,9 @@ class RawHttp:
         self.sock.close()
 
 
-def wrk(url: str, *, connections: int, seconds: float, threads: int = 2, script: str | None = None) -> dict[str, float]:
+def wrk(
+    url: str, *, connections: int, seconds: float, threads: int = 2, script: str | None = None
+) -> dict[str, float]:
     """Run wrk (Debian package) and parse requests/s and latency percentiles."""
     exe = shutil.which("wrk")
     if exe is None:

@@ -199,6 +199,7 @@ async def client_idle(base: str, rooms: list[tuple[str, int]]) -> None:
             break
         cmd, _, arg = line.partition(" ")
         if cmd == "activate":
+
             async def poke(ws) -> None:
                 await ws.send("activate 0 0")
                 await ws.recv()
@@ -239,7 +240,9 @@ async def baseline_server(port: int) -> None:
         finally:
             room.discard(ws)
 
-    async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, max_size=None):
+    async with serve(
+        handler, "127.0.0.1", port, compression=None, ping_interval=None, max_size=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 
@@ -272,10 +275,14 @@ def node_client() -> list[str] | None:
     if node is None:
         return None
     cmd = [node, "--experimental-websocket", "--no-warnings"]
-    probe = subprocess.run(cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False)
+    probe = subprocess.run(
+        cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False
+    )
     if probe.returncode != 0:
         cmd = [node, "--no-warnings"]
-        if subprocess.run(cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False).returncode:
+        if subprocess.run(
+            cmd + ["-e", "process.exit(typeof WebSocket === 'function' ? 0 : 1)"], check=False
+        ).returncode:
             return None
     return cmd + [str(HERE / "chat_client.mjs")]
 
@@ -367,22 +374,36 @@ async def bench_traffic(rt, seconds: float) -> None:
         assert server.stdout is not None
         server.stdout.readline()
         base_url = f"ws://127.0.0.1:{port}/"
-        print(f"(a) paced: 100 clients x 1 msg/s, {PACED_ROUNDS} rounds of {seconds:g} s each,"
-              " alternating with the baseline ...", flush=True)
+        print(
+            f"(a) paced: 100 clients x 1 msg/s, {PACED_ROUNDS} rounds of {seconds:g} s each,"
+            " alternating with the baseline ...",
+            flush=True,
+        )
         paced_rounds: list[dict] = []
         base_rounds: list[dict] = []
         for _ in range(PACED_ROUNDS):
             paced_rounds.append(
-                await trio.to_thread.run_sync(run_client, "paced", {"url": url, "n": 100, "seconds": seconds})
+                await trio.to_thread.run_sync(
+                    run_client, "paced", {"url": url, "n": 100, "seconds": seconds}
+                )
             )
             base_rounds.append(
-                await trio.to_thread.run_sync(run_client, "paced", {"url": base_url, "n": 100, "seconds": seconds})
+                await trio.to_thread.run_sync(
+                    run_client, "paced", {"url": base_url, "n": 100, "seconds": seconds}
+                )
             )
         paced = median_round(paced_rounds)
         paced_base = median_round(base_rounds)
         print("(b) burst: 100 clients x 10 messages at once, 5 rounds ...", flush=True)
         burst = await trio.to_thread.run_sync(
-            run_client, "burst", {"url": rt.url.replace("http://", "ws://") + "/burst", "n": 100, "per": 10, "rounds": 5}
+            run_client,
+            "burst",
+            {
+                "url": rt.url.replace("http://", "ws://") + "/burst",
+                "n": 100,
+                "per": 10,
+                "rounds": 5,
+            },
         )
         burst_base = await trio.to_thread.run_sync(
             run_client, "burst", {"url": base_url, "n": 100, "per": 10, "rounds": 5}
@@ -391,7 +412,10 @@ async def bench_traffic(rt, seconds: float) -> None:
         server.kill()
         server.wait()
     rows = []
-    for name, r, each in (("stateroom", paced, paced_rounds), ("bare websockets server", paced_base, base_rounds)):
+    for name, r, each in (
+        ("stateroom", paced, paced_rounds),
+        ("bare websockets server", paced_base, base_rounds),
+    ):
         rows.append(
             {
                 "server": name,
@@ -403,7 +427,9 @@ async def bench_traffic(rt, seconds: float) -> None:
                 "max ms": r["max_ms"],
             }
         )
-    rows.append({"server": "target / workerd", "deliveries/s": "~10,000 / 9,990", "p99 ms": "<= 10 / 12-24"})
+    rows.append(
+        {"server": "target / workerd", "deliveries/s": "~10,000 / 9,990", "p99 ms": "<= 10 / 12-24"}
+    )
     print_table(
         f"(a) paced: 100 clients in one room, 1 msg/s each; median of {PACED_ROUNDS} rounds"
         f" (client: {CLIENT_NAME})",
@@ -424,7 +450,10 @@ async def bench_traffic(rt, seconds: float) -> None:
             }
         )
     rows.append({"server": "target / workerd", "median deliveries/s": ">= 20,000 / 30-42 k"})
-    print_table(f"(b) burst: 100 clients each send 10 at once, 100,000 deliveries a round (client: {CLIENT_NAME})", rows)
+    print_table(
+        f"(b) burst: 100 clients each send 10 at once, 100,000 deliveries a round (client: {CLIENT_NAME})",
+        rows,
+    )
 
 
 async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> None:
@@ -432,14 +461,21 @@ async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> No
 
     base = rt.url.replace("http://", "ws://")
     # Warm-up: one room, one socket, one message, so imports and caches are paid for.
-    warm = await trio.to_thread.run_sync(run_client, "paced", {"url": base + "/warmup", "n": 2, "seconds": 1})
+    warm = await trio.to_thread.run_sync(
+        run_client, "paced", {"url": base + "/warmup", "n": 2, "seconds": 1}
+    )
     assert warm["deliveries"] > 0
-    before = await wait_for(rt, lambda r: r["objects_active"] == 0, hibernate_after + 30, "warm-up room to hibernate")
+    before = await wait_for(
+        rt, lambda r: r["objects_active"] == 0, hibernate_after + 30, "warm-up room to hibernate"
+    )
     per_room = [sockets // rooms + (1 if i < sockets % rooms else 0) for i in range(rooms)]
     specs = [[] for _ in range(IDLE_PROCESSES)]
     for i, count in enumerate(per_room):
         specs[i % IDLE_PROCESSES].append((f"room-{i}", count))
-    print(f"(c) opening {sockets} sockets over {rooms} rooms ({IDLE_PROCESSES} client processes) ...", flush=True)
+    print(
+        f"(c) opening {sockets} sockets over {rooms} rooms ({IDLE_PROCESSES} client processes) ...",
+        flush=True,
+    )
     t0 = time.monotonic()
     procs = [spawn("idle", {"base": base, "rooms": spec}, stdin=True) for spec in specs]
 
@@ -458,13 +494,19 @@ async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> No
         opened = sum(r["ready"] for r in ready)
         connect_s = time.monotonic() - t0
         parked = await wait_for(
-            rt, lambda r: r["sockets_parked"] >= opened and r["objects_active"] == 0, hibernate_after + 60,
+            rt,
+            lambda r: r["sockets_parked"] >= opened and r["objects_active"] == 0,
+            hibernate_after + 60,
             "all rooms to hibernate after connecting",
         )
         for p in procs:
             await trio.to_thread.run_sync(ask, p, "activate")
-        active = await wait_for(rt, lambda r: r["objects_active"] >= rooms, 10, "rooms to be active")
-        asleep = await wait_for(rt, lambda r: r["objects_active"] == 0, hibernate_after + 60, "rooms to hibernate")
+        active = await wait_for(
+            rt, lambda r: r["objects_active"] >= rooms, 10, "rooms to be active"
+        )
+        asleep = await wait_for(
+            rt, lambda r: r["objects_active"] == 0, hibernate_after + 60, "rooms to hibernate"
+        )
         # The workers hand freed pages back after their eviction sweeps (at most every
         # 2 s, worker/memory.py): measure the steady state, once their RSS has not
         # fallen for 3 s (at most 20 s).
@@ -496,14 +538,26 @@ async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> No
         f"(c) {parked['sockets_parked']} parked idle sockets over {rooms} rooms (connected in {connect_s:.1f} s,"
         f" {opened / connect_s:,.0f} handshakes/s)",
         [
-            {"figure": "supervisor RSS before sockets", "value": mb(before["supervisor"]), "target": ""},
-            {"figure": "supervisor RSS with sockets parked", "value": mb(parked["supervisor"]), "target": ""},
+            {
+                "figure": "supervisor RSS before sockets",
+                "value": mb(before["supervisor"]),
+                "target": "",
+            },
+            {
+                "figure": "supervisor RSS with sockets parked",
+                "value": mb(parked["supervisor"]),
+                "target": "",
+            },
             {
                 "figure": "supervisor RSS per parked socket",
                 "value": f"{per_socket / 1e3:.1f} KB",
                 "target": "<= 25 KB (trio-websocket: ~19.5 KB/connection)",
             },
-            {"figure": "workers RSS before sockets (baseline, 2 workers)", "value": mb(before["workers"]), "target": ""},
+            {
+                "figure": "workers RSS before sockets (baseline, 2 workers)",
+                "value": mb(before["workers"]),
+                "target": "",
+            },
             {
                 "figure": f"workers RSS with {active['objects_active']} active rooms",
                 "value": mb(active["workers"]),
@@ -514,16 +568,28 @@ async def bench_idle(rt, sockets: int, rooms: int, hibernate_after: float) -> No
                 "value": mb(asleep["workers"]),
                 "target": f"{(asleep['workers'] / before['workers'] - 1) * 100:+.1f} % vs baseline (target within 10 %)",
             },
-            {"figure": "sockets still parked after hibernation", "value": str(asleep["sockets_parked"])},
+            {
+                "figure": "sockets still parked after hibernation",
+                "value": str(asleep["sockets_parked"]),
+            },
         ],
     )
     print_table(
         "(d) wake latency: message to a hibernated room -> first broadcast back",
         [
-            {"room": "hibernated (constructor runs)", "p50 ms": pct(wakes["asleep"], 50) * 1e3,
-             "p99 ms": pct(wakes["asleep"], 99) * 1e3, "n": len(wakes["asleep"]), "target": "p50 <= 3 ms"},
-            {"room": "awake (baseline)", "p50 ms": pct(wakes["awake"], 50) * 1e3,
-             "p99 ms": pct(wakes["awake"], 99) * 1e3, "n": len(wakes["awake"])},
+            {
+                "room": "hibernated (constructor runs)",
+                "p50 ms": pct(wakes["asleep"], 50) * 1e3,
+                "p99 ms": pct(wakes["asleep"], 99) * 1e3,
+                "n": len(wakes["asleep"]),
+                "target": "p50 <= 3 ms",
+            },
+            {
+                "room": "awake (baseline)",
+                "p50 ms": pct(wakes["awake"], 50) * 1e3,
+                "p99 ms": pct(wakes["awake"], 99) * 1e3,
+                "n": len(wakes["awake"]),
+            },
         ],
     )
 
@@ -535,7 +601,9 @@ async def main_async(args: argparse.Namespace) -> None:
     # The supervisor needs one descriptor per socket plus a few dozen of its own.
     sockets = min(args.idle, hard - 100)
     if sockets < args.idle:
-        print(f"note: RLIMIT_NOFILE hard limit is {hard} here; parking {sockets} sockets instead of {args.idle}")
+        print(
+            f"note: RLIMIT_NOFILE hard limit is {hard} here; parking {sockets} sockets instead of {args.idle}"
+        )
     hibernate_after = 5.0
     async with open_runtime(workers=2, hibernate_after=hibernate_after, config=str(APP)) as rt:
         if not args.skip_traffic:
@@ -548,7 +616,9 @@ async def main_async(args: argparse.Namespace) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--idle", type=int, default=20_000)
     parser.add_argument("--rooms", type=int, default=1000)

@@ -44,7 +44,9 @@ async def one_round(meters: bool, args: argparse.Namespace) -> dict[str, float]:
         ) as rt:
             before = await rt.processes()
             many = await trio.to_thread.run_sync(
-                lambda: wrk(rt.url + "/", connections=32, seconds=args.seconds, script=MANY_OBJECTS_WRK)
+                lambda: wrk(
+                    rt.url + "/", connections=32, seconds=args.seconds, script=MANY_OBJECTS_WRK
+                )
             )
             after = await rt.processes()
             seq = await trio.to_thread.run_sync(sequential, rt.port, args.requests)
@@ -90,8 +92,11 @@ def sampling_cost(n_procs: int = 16, rounds: int = 300) -> dict[str, float]:
             for pid in pids:
                 sampler.sample(pid)
             reads.append(time.perf_counter() - t)
-        return {"round_ms": median(times) * 1e3, "round_p99_ms": pct(times, 99) * 1e3,
-                "read_ms": median(reads) * 1e3}
+        return {
+            "round_ms": median(times) * 1e3,
+            "round_p99_ms": pct(times, 99) * 1e3,
+            "read_ms": median(reads) * 1e3,
+        }
     finally:
         for c in children:
             c.kill()
@@ -188,16 +193,25 @@ async def main() -> None:
         return median([x[key] for x in results[meters]])
 
     rows = []
-    for key, label in [("many_rps", "(a) 32 clients, 100 objects req/s"),
-                       ("worker_us", "(a) worker CPU µs per request"),
-                       ("all_us", "(a) all processes' CPU µs per request"),
-                       ("seq_rps", "(b) sequential req/s"),
-                       ("seq_p50", "(b) sequential p50 ms"),
-                       ("seq_p99", "(b) sequential p99 ms")]:
+    for key, label in [
+        ("many_rps", "(a) 32 clients, 100 objects req/s"),
+        ("worker_us", "(a) worker CPU µs per request"),
+        ("all_us", "(a) all processes' CPU µs per request"),
+        ("seq_rps", "(b) sequential req/s"),
+        ("seq_p50", "(b) sequential p50 ms"),
+        ("seq_p99", "(b) sequential p99 ms"),
+    ]:
         on, off = med(True, key), med(False, key)
         change = (on - off) / off * 100 if off else 0.0
-        rows.append({"figure": label, "meters on": on, "meters off": off,
-                     "change %": change, "target": "<= 5 % cost" if key.endswith("rps") or key.endswith("_us") else ""})
+        rows.append(
+            {
+                "figure": label,
+                "meters on": on,
+                "meters off": off,
+                "change %": change,
+                "target": "<= 5 % cost" if key.endswith("rps") or key.endswith("_us") else "",
+            }
+        )
     print_table(
         f"bench/meters.py — workers={args.workers}, {args.rounds} alternating rounds of "
         f"{args.seconds:g} s each (medians); billed requests per 'on' round: "
@@ -211,8 +225,10 @@ async def main() -> None:
         [
             {"figure": "task step, plain", "µs": wrap["plain"]},
             {"figure": "task step, charged (CPU meter)", "µs": wrap["charged"]},
-            {"figure": "worker report take(), 1000 busy objects (once a second)",
-             "µs": take_ms * 1e3},
+            {
+                "figure": "worker report take(), 1000 busy objects (once a second)",
+                "µs": take_ms * 1e3,
+            },
         ],
     )
     samp = await trio.to_thread.run_sync(sampling_cost)
@@ -220,12 +236,21 @@ async def main() -> None:
     print_table(
         "process sampling, 16 workers + supervisor",
         [
-            {"figure": "(c) sample_round() (CPU% window of 17 processes)", "ms": samp["round_ms"],
-             "p99 ms": samp["round_p99_ms"]},
-            {"figure": "(c) sample() x17 (cpu_seconds + rss, as /v1/processes)", "ms": samp["read_ms"],
-             "p99 ms": ""},
-            {"figure": "(c) GET /_stateroom/v1/processes, 16-worker runtime", "ms": api["p50_ms"],
-             "p99 ms": api["p99_ms"]},
+            {
+                "figure": "(c) sample_round() (CPU% window of 17 processes)",
+                "ms": samp["round_ms"],
+                "p99 ms": samp["round_p99_ms"],
+            },
+            {
+                "figure": "(c) sample() x17 (cpu_seconds + rss, as /v1/processes)",
+                "ms": samp["read_ms"],
+                "p99 ms": "",
+            },
+            {
+                "figure": "(c) GET /_stateroom/v1/processes, 16-worker runtime",
+                "ms": api["p50_ms"],
+                "p99 ms": api["p99_ms"],
+            },
         ],
     )
 

@@ -165,12 +165,16 @@ async def time_start(data: str) -> tuple[float, float]:
 
 async def bench_start(objects: int, starts: int) -> list[dict]:
     rows = []
-    with tempfile.TemporaryDirectory(prefix="stateroom-bench-") as full, tempfile.TemporaryDirectory(
-        prefix="stateroom-bench-"
-    ) as empty:
+    with (
+        tempfile.TemporaryDirectory(prefix="stateroom-bench-") as full,
+        tempfile.TemporaryDirectory(prefix="stateroom-bench-") as empty,
+    ):
         await fill(full, objects)
         await fill(empty, 2)
-        for label, data in ((f"{objects:,} objects on disk", full), ("floor: 2 objects on disk", empty)):
+        for label, data in (
+            (f"{objects:,} objects on disk", full),
+            ("floor: 2 objects on disk", empty),
+        ):
             samples = [await time_start(data) for _ in range(starts)]
             rows.append(
                 {

@@ -117,7 +117,9 @@ async def main() -> None:
             await trio.to_thread.run_sync(load, rt.port, 1.0, 16, 32)  # warm up
             rows = []
             steady = await trio.to_thread.run_sync(load, rt.port, args.seconds, 16, 32)
-            rows.append({"phase": "(a) steady, no deploy", **steady, "deploys": 0, "deploy p50 ms": None})
+            rows.append(
+                {"phase": "(a) steady, no deploy", **steady, "deploys": 0, "deploy p50 ms": None}
+            )
 
             deploy_times: list[float] = []
             result: dict[str, float] = {}
@@ -134,21 +136,32 @@ async def main() -> None:
                     await rt.deploy(configs[i % 2])
                     deploy_times.append(time.perf_counter() - t)
                     i += 1
-            rows.append({
-                "phase": "(b) redeploying back to back", **result,
-                "deploys": len(deploy_times), "deploy p50 ms": pct(deploy_times, 50) * 1e3,
-            })
+            rows.append(
+                {
+                    "phase": "(b) redeploying back to back",
+                    **result,
+                    "deploys": len(deploy_times),
+                    "deploy p50 ms": pct(deploy_times, 50) * 1e3,
+                }
+            )
 
             idle: list[float] = []
             for i in range(10):
                 t = time.perf_counter()
                 await rt.deploy(configs[i % 2])
                 idle.append(time.perf_counter() - t)
-            rows.append({
-                "phase": "(c) deploy on an idle runtime", "req/s": None, "p50 ms": None,
-                "p99 ms": None, "max ms": None, "failed": None, "deploys": len(idle),
-                "deploy p50 ms": pct(idle, 50) * 1e3,
-            })
+            rows.append(
+                {
+                    "phase": "(c) deploy on an idle runtime",
+                    "req/s": None,
+                    "p50 ms": None,
+                    "p99 ms": None,
+                    "max ms": None,
+                    "failed": None,
+                    "deploys": len(idle),
+                    "deploy p50 ms": pct(idle, 50) * 1e3,
+                }
+            )
     print_table(f"redeploys under load ({args.workers} workers, 16 clients, 32 objects)", rows)
 
 

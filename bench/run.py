@@ -10,7 +10,9 @@ HERE = Path(__file__).resolve().parent
 
 
 def main() -> None:
-    names = sys.argv[1:] or sorted(p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "run")
+    names = sys.argv[1:] or sorted(
+        p.stem for p in HERE.glob("*.py") if not p.stem.startswith("_") and p.stem != "run"
+    )
     failed = []
     for name in names:
         print(f"\n=== bench/{name}.py", flush=True)

@@ -92,16 +92,22 @@ def raw_baselines(synchronous: str, seconds: float) -> dict[str, float]:
 async def measure_runtime(durability: str, seconds: float) -> dict[str, float]:
     out: dict[str, float] = {}
     with tempfile.TemporaryDirectory() as d:
-        async with open_runtime(Path(d) / "data", workers=1, durability=durability, config=APP) as rt:
+        async with open_runtime(
+            Path(d) / "data", workers=1, durability=durability, config=APP
+        ) as rt:
             hot = rt.namespace("BENCH").get_by_name("hot")
             await hot.noop()
             await hot.bump()
             before = await hot.count()
             noop = await trio.to_thread.run_sync(
-                lambda: wrk(rt.url, connections=32, seconds=seconds, script=rpc_script(rt.token, "noop"))
+                lambda: wrk(
+                    rt.url, connections=32, seconds=seconds, script=rpc_script(rt.token, "noop")
+                )
             )
             bump = await trio.to_thread.run_sync(
-                lambda: wrk(rt.url, connections=32, seconds=seconds, script=rpc_script(rt.token, "bump"))
+                lambda: wrk(
+                    rt.url, connections=32, seconds=seconds, script=rpc_script(rt.token, "bump")
+                )
             )
             after = await hot.count()
             out["rpc_noop_per_s"] = noop.get("rps", float("nan"))

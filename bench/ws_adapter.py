@@ -76,17 +76,24 @@ async def serve_adapter(port: int) -> None:
             while conn.next_event() not in (h11.NEED_DATA, h11.PAUSED):
                 pass
             request = HttpRequest(
-                event.method.decode(), event.target.decode(),
-                [(k.decode(), v.decode()) for k, v in event.headers], b"",
+                event.method.decode(),
+                event.target.decode(),
+                [(k.decode(), v.decode()) for k, v in event.headers],
+                b"",
             )
             if handshake_error(request) is not None:
                 return
             await stream.send_all(
-                conn.send(h11.InformationalResponse(status_code=101, headers=accept_headers(request, [])))
+                conn.send(
+                    h11.InformationalResponse(status_code=101, headers=accept_headers(request, []))
+                )
             )
             ws = ServerWebSocket(
-                stream, nursery, trailing=bytes(conn.trailing_data[0]),
-                max_message_bytes=1 << 25, max_buffered_bytes=1 << 26,
+                stream,
+                nursery,
+                trailing=bytes(conn.trailing_data[0]),
+                max_message_bytes=1 << 25,
+                max_buffered_bytes=1 << 26,
             )
             while True:
                 msg = await ws.receive()
@@ -108,7 +115,9 @@ async def serve_websockets(port: int) -> None:
         async for msg in ws:
             await ws.send(msg)
 
-    async with serve(handler, "127.0.0.1", port, compression=None, ping_interval=None, max_size=None):
+    async with serve(
+        handler, "127.0.0.1", port, compression=None, ping_interval=None, max_size=None
+    ):
         print("ready", flush=True)
         await asyncio.Future()
 
@@ -120,7 +129,9 @@ async def client(url: str, idle: int) -> dict:
     from websockets.asyncio.client import connect
 
     async def open_one():
-        return await connect(url, compression=None, ping_interval=None, max_size=None, open_timeout=60)
+        return await connect(
+            url, compression=None, ping_interval=None, max_size=None, open_timeout=60
+        )
 
     ws = await open_one()
     for _ in range(200):
@@ -162,7 +173,9 @@ async def client(url: str, idle: int) -> dict:
     shaken = await asyncio.gather(*(limited() for _ in range(2000)))
     handshakes = 2000 / (time.perf_counter() - t)
     print(json.dumps({"stage": "handshakes"}), flush=True)
-    idle_conns = shaken + list(await asyncio.gather(*(limited() for _ in range(max(0, idle - 2000)))))
+    idle_conns = shaken + list(
+        await asyncio.gather(*(limited() for _ in range(max(0, idle - 2000))))
+    )
     print(json.dumps({"stage": "idle", "open": len(idle_conns)}), flush=True)
     sys.stdin.readline()
     for c in idle_conns:
@@ -187,7 +200,9 @@ def measure(kind: str, idle: int) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = subprocess.Popen(
-        [sys.executable, __file__, "--serve", kind, "--port", str(port)], stdout=subprocess.PIPE, text=True
+        [sys.executable, __file__, "--serve", kind, "--port", str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
     )
     try:
         assert server.stdout is not None
@@ -196,7 +211,9 @@ def measure(kind: str, idle: int) -> dict:
         rss0 = proc.memory_info().rss
         cl = subprocess.Popen(
             [sys.executable, __file__, "--client", f"ws://127.0.0.1:{port}/", "--idle", str(idle)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
         )
         assert cl.stdout is not None and cl.stdin is not None
         cl.stdout.readline()  # handshakes done
@@ -218,7 +235,9 @@ def measure(kind: str, idle: int) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--idle", type=int, default=5000)
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 scripts/bootstrap.sh test
 scripts/install-browser.sh
 .venv/bin/ruff check sdk supervisor worker tests bench examples
+.venv/bin/ruff format --check sdk supervisor worker tests bench examples
 .venv/bin/mypy
 mkdir -p test-artifacts
 .venv/bin/python -m pytest "$@"

@@ -48,9 +48,7 @@ def _import_main(folder: Path, main: str) -> types.ModuleType:
             exec(code, module.__dict__)
         except Exception as exc:
             sys.modules.pop(name, None)
-            raise ConfigError(
-                f"cannot import {path.name}: {type(exc).__name__}: {exc}"
-            ) from exc
+            raise ConfigError(f"cannot import {path.name}: {type(exc).__name__}: {exc}") from exc
         return module
     finally:
         if added:
@@ -77,12 +75,16 @@ def build_payload(
         if inspect.isclass(obj) and issubclass(obj, DurableObject) and obj is not DurableObject
     }
     default = getattr(module, "Default", None)
-    if default is not None and not (inspect.isclass(default) and issubclass(default, WorkerEntrypoint)):
+    if default is not None and not (
+        inspect.isclass(default) and issubclass(default, WorkerEntrypoint)
+    ):
         raise ConfigError("'Default' must be a subclass of stateroom.WorkerEntrypoint")
     registered = []
     candidates = [module]
     if folder is not None:
-        candidates += [m for m in list(sys.modules.values()) if m is not module and _module_in(m, folder)]
+        candidates += [
+            m for m in list(sys.modules.values()) if m is not module and _module_in(m, folder)
+        ]
     for m in candidates:
         if getattr(m, "__name__", "").startswith("stateroom"):
             continue

@@ -26,9 +26,15 @@ def _die(message: str, code: int = 1) -> None:
 
 
 def _client_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--url", default=None, help="runtime URL (default $STATEROOM_URL or http://127.0.0.1:8787)")
-    p.add_argument("--token", default=None, help="admin token (default $STATEROOM_TOKEN or DATA/token)")
-    p.add_argument("--data", default=None, help="data folder whose token file to use (default ./.stateroom)")
+    p.add_argument(
+        "--url", default=None, help="runtime URL (default $STATEROOM_URL or http://127.0.0.1:8787)"
+    )
+    p.add_argument(
+        "--token", default=None, help="admin token (default $STATEROOM_TOKEN or DATA/token)"
+    )
+    p.add_argument(
+        "--data", default=None, help="data folder whose token file to use (default ./.stateroom)"
+    )
 
 
 def _conn_args(args: argparse.Namespace) -> tuple[str, str | None]:
@@ -79,9 +85,14 @@ def cmd_deploy(args: argparse.Namespace) -> None:
             print(f"  rename class {a} -> {b} (ids and data kept)")
         for c in plan["delete"]:
             print(f"  delete class {c} and all its objects")
-        print(f"  bindings: {', '.join(f'{b}={c}' for b, c in result['bindings'].items()) or 'none'}")
+        print(
+            f"  bindings: {', '.join(f'{b}={c}' for b, c in result['bindings'].items()) or 'none'}"
+        )
     else:
-        print(f"deployed version {result['version']}" + (f" (migrations: {', '.join(result['applied'])})" if result["applied"] else ""))
+        print(
+            f"deployed version {result['version']}"
+            + (f" (migrations: {', '.join(result['applied'])})" if result["applied"] else "")
+        )
 
 
 def cmd_deployments(args: argparse.Namespace) -> None:
@@ -101,7 +112,9 @@ def cmd_deployments(args: argparse.Namespace) -> None:
 
 def cmd_rollback(args: argparse.Namespace) -> None:
     result = trio.run(_with_client, args, lambda c: c.rollback(args.version))
-    print(f"rolled back to the code of version {result['rolled_back_to']} (now version {result['version']})")
+    print(
+        f"rolled back to the code of version {result['rolled_back_to']} (now version {result['version']})"
+    )
 
 
 def cmd_objects(args: argparse.Namespace) -> None:
@@ -160,10 +173,26 @@ def cmd_billing(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     table = Table(title=f"billing since {doc['since']} (by {doc['group_by']})")
-    cols = ["class", "object", "name", "requests", "ws_messages_in", "billable_requests", "cpu_ms", "active_s", "gb_s", "rows_read", "rows_written", "stored_bytes", "cost_usd"]
+    cols = [
+        "class",
+        "object",
+        "name",
+        "requests",
+        "ws_messages_in",
+        "billable_requests",
+        "cpu_ms",
+        "active_s",
+        "gb_s",
+        "rows_read",
+        "rows_written",
+        "stored_bytes",
+        "cost_usd",
+    ]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("class", "object", "name") else "left")
-    for g in doc["groups"] + [dict(doc["total"], **{"class": "TOTAL", "object": None, "name": None})]:
+    for g in doc["groups"] + [
+        dict(doc["total"], **{"class": "TOTAL", "object": None, "name": None})
+    ]:
         table.add_row(*[_fmt(g.get(c)) for c in cols])
     Console().print(table)
 
@@ -185,7 +214,9 @@ def cmd_top(args: argparse.Namespace) -> None:
     run_top(url, token, interval=args.interval, once=args.once)
 
 
-def _object_positionals(parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]) -> None:
+def _object_positionals(
+    parser: argparse.ArgumentParser, args: argparse.Namespace, extra: list[str]
+) -> None:
     """Assign NAME_OR_ID and FILE of `objects delete|export|import`.
 
     argparse stops filling positionals at the first option, so `export B --name N
@@ -284,7 +315,11 @@ def main(argv: list[str] | None = None) -> None:
         _die(f"not authorized: {exc}")
     except Exception as exc:  # noqa: BLE001 - one clear line, non-zero exit
         msg = str(exc).strip().splitlines()
-        _die(f"{type(exc).__name__}: {msg[0] if msg else ''}" + (" …" if len(msg) > 1 else "") if not hasattr(exc, "exceptions") else str(exc))
+        _die(
+            f"{type(exc).__name__}: {msg[0] if msg else ''}" + (" …" if len(msg) > 1 else "")
+            if not hasattr(exc, "exceptions")
+            else str(exc)
+        )
 
 
 if __name__ == "__main__":

@@ -68,12 +68,18 @@ class _HttpTransport:
         path = request.url.split("://", 1)[-1]
         path = "/" + path.split("/", 1)[1] if "/" in path else "/"
         url = f"/_stateroom/v1/fetch/{quote(self.binding, safe='')}/{_object_key(target)}{path}"
-        headers = [(k, v) for k, v in request.headers.items() if k not in ("host", "content-length")]
-        r = await self.client._http.request(request.method, url, headers=headers, content=request.body)
+        headers = [
+            (k, v) for k, v in request.headers.items() if k not in ("host", "content-length")
+        ]
+        r = await self.client._http.request(
+            request.method, url, headers=headers, content=request.body
+        )
         err = r.headers.get("x-stateroom-error")
         if err:
             raise error_from_fields(json.loads(err))
-        return Response(r.content, status=r.status_code, headers=Headers(list(r.headers.multi_items())))
+        return Response(
+            r.content, status=r.status_code, headers=Headers(list(r.headers.multi_items()))
+        )
 
     async def rpc(self, target: Target, method: str, args: bytes) -> Any:
         url = (
@@ -84,13 +90,17 @@ class _HttpTransport:
         return _sdk_result(r)
 
     @contextlib.asynccontextmanager
-    async def web_socket(self, target: Target, path: str = "/", **kwargs: Any) -> AsyncIterator[Any]:
+    async def web_socket(
+        self, target: Target, path: str = "/", **kwargs: Any
+    ) -> AsyncIterator[Any]:
         from trio_websocket import open_websocket_url
 
         base = self.client.url.replace("http://", "ws://").replace("https://", "wss://")
         if not path.startswith("/"):
             path = "/" + path
-        url = f"{base}/_stateroom/v1/fetch/{quote(self.binding, safe='')}/{_object_key(target)}{path}"
+        url = (
+            f"{base}/_stateroom/v1/fetch/{quote(self.binding, safe='')}/{_object_key(target)}{path}"
+        )
         headers: list[tuple[bytes, bytes]] = []
         if self.client.token:
             headers.append((b"authorization", f"Bearer {self.client.token}".encode()))
@@ -141,7 +151,9 @@ class Client:
                 f"unknown binding {binding!r} (known: {sorted(self._namespaces)});"
                 " deploy first, or call `await client.refresh()`"
             )
-        return DurableObjectNamespace(binding, ns[0], IdFactory(ns[1]), _HttpTransport(self, binding))
+        return DurableObjectNamespace(
+            binding, ns[0], IdFactory(ns[1]), _HttpTransport(self, binding)
+        )
 
     def get_by_name(self, binding: str, name: str) -> DurableObjectStub:
         return self.namespace(binding).get_by_name(name)
@@ -222,25 +234,35 @@ class Client:
         return (await self._json("GET", "/_stateroom/v1/namespaces"))["namespaces"]
 
     async def objects(self, binding: str) -> list[dict[str, Any]]:
-        return (await self._json("GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}"))["objects"]
+        return (await self._json("GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}"))[
+            "objects"
+        ]
 
     async def object_info(self, binding: str, object_id: str) -> dict[str, Any]:
-        return await self._json("GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}")
+        return await self._json(
+            "GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}"
+        )
 
     async def delete_object(self, binding: str, object_id: str) -> None:
-        r = await self._request("DELETE", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}")
+        r = await self._request(
+            "DELETE", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}"
+        )
         if r.status_code != 204:
             raise _http_error(r)
 
     async def export_object(self, binding: str, object_id: str) -> bytes:
-        r = await self._request("GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}/export")
+        r = await self._request(
+            "GET", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}/export"
+        )
         if r.status_code != 200:
             raise _http_error(r)
         return r.content
 
     async def import_object(self, binding: str, object_id: str, data: bytes) -> None:
         r = await self._request(
-            "PUT", f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}/import", content=data
+            "PUT",
+            f"/_stateroom/v1/objects/{quote(binding, safe='')}/{object_id}/import",
+            content=data,
         )
         if r.status_code != 200:
             raise _http_error(r)
@@ -305,7 +327,9 @@ def _http_error(r: httpx.Response) -> Exception:
 
 
 @contextlib.asynccontextmanager
-async def connect(url: str | None = None, token: str | None = None, *, timeout: float = 60.0) -> AsyncIterator[Client]:
+async def connect(
+    url: str | None = None, token: str | None = None, *, timeout: float = 60.0
+) -> AsyncIterator[Client]:
     """Connect to a runtime: `async with stateroom.connect(url, token=...) as client`."""
     url = (url or default_url()).rstrip("/")
     token = token if token is not None else default_token()
@@ -412,6 +436,8 @@ class _SyncStub:
         return lambda *a, **k: self._sync._run(method, *a, **k)
 
 
-def connect_sync(url: str | None = None, token: str | None = None, *, timeout: float = 60.0) -> SyncClient:
+def connect_sync(
+    url: str | None = None, token: str | None = None, *, timeout: float = 60.0
+) -> SyncClient:
     """Blocking client for scripts and notebooks; call `.close()` (or use `with`)."""
     return SyncClient(url, token, timeout)

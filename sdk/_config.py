@@ -76,7 +76,9 @@ def normalize_migrations(migrations: Any) -> list[dict[str, Any]]:
         deleted = [
             _ident(c, f"migration {tag!r}: class name") for c in m.get("deleted_classes", []) or []
         ]
-        out.append({"tag": tag, "new_classes": new, "renamed_classes": renamed, "deleted_classes": deleted})
+        out.append(
+            {"tag": tag, "new_classes": new, "renamed_classes": renamed, "deleted_classes": deleted}
+        )
     return out
 
 

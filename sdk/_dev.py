@@ -96,7 +96,12 @@ def user_traceback(exc: BaseException) -> str:
     """The error of a failed import, with stateroom's own frames left out."""
     cause = exc.__cause__ or exc
     tb = traceback.extract_tb(cause.__traceback__)
-    frames = [f for f in tb if not f.filename.startswith(_STATEROOM_DIR) and f.filename != "<frozen importlib._bootstrap>"]
+    frames = [
+        f
+        for f in tb
+        if not f.filename.startswith(_STATEROOM_DIR)
+        and f.filename != "<frozen importlib._bootstrap>"
+    ]
     text = ""
     if frames:
         text += "Traceback (most recent call last):\n" + "".join(traceback.format_list(frames))
@@ -119,7 +124,9 @@ class DevSession:
         self.config = config
         self.folder = config.parent
         self.serve_args = serve_args
-        self.data = Path(own.get("--data") or os.environ.get("STATEROOM_DATA") or ".stateroom").resolve()
+        self.data = Path(
+            own.get("--data") or os.environ.get("STATEROOM_DATA") or ".stateroom"
+        ).resolve()
         self.token_arg = own.get("--token")
         self.url: str | None = None
         # Set once the supervisor printed its listening line (or exited).
@@ -236,10 +243,16 @@ class DevSession:
         try:
             payload = payload_from_config_path(self.config)
         except ConfigError as exc:
-            keep = f"still serving version {self.version}" if self.version else "nothing is deployed yet"
+            keep = (
+                f"still serving version {self.version}"
+                if self.version
+                else "nothing is deployed yet"
+            )
             self.warn(f"{why}: the app failed to import; {keep}\n{user_traceback(exc)}")
             return False
-        keep = f"still serving version {self.version}" if self.version else "nothing is deployed yet"
+        keep = (
+            f"still serving version {self.version}" if self.version else "nothing is deployed yet"
+        )
         try:
             r = await client._request(  # noqa: SLF001 - the SDK's own client
                 "POST",

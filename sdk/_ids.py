@@ -106,7 +106,9 @@ class IdFactory:
         if not isinstance(s, str):
             raise TypeError(f"object id must be str, not {type(s).__name__}")
         if not is_id_string(s):
-            raise ValueError(f"malformed object id {s[:80]!r}: expected 64 lowercase hex characters")
+            raise ValueError(
+                f"malformed object id {s[:80]!r}: expected 64 lowercase hex characters"
+            )
         if not self.verifies(s):
             raise ValueError("object id does not belong to this namespace")
         return DurableObjectId(s)

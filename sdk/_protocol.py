@@ -394,6 +394,7 @@ FAULT_POINTS = (
     "during_socket_delivery",
 )
 
+
 class FaultFired(_Msg):
     """Worker -> supervisor, the worker's last words: it is exiting at crash point
     `point` for `target` (an armed fault). The supervisor counts it against the

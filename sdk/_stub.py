@@ -45,7 +45,9 @@ def build_request(
             body=body if body is not None else request_or_url.body,
         )
     if not isinstance(request_or_url, str):
-        raise TypeError(f"fetch takes a Request or a URL string, not {type(request_or_url).__name__}")
+        raise TypeError(
+            f"fetch takes a Request or a URL string, not {type(request_or_url).__name__}"
+        )
     url = request_or_url
     if url.startswith("/"):
         url = "http://do" + url

@@ -92,9 +92,17 @@ def render_frame(url: str, snap: dict[str, Any], prev: dict[str, Any] | None = N
 
     procs = Table(title="processes", title_justify="left", expand=True)
     for col, just in [
-        ("process", "left"), ("pid", "right"), ("state", "left"), ("shards", "right"),
-        ("CPU %", "right"), ("CPU s", "right"), ("RSS MiB", "right"), ("objects", "right"),
-        ("sockets", "right"), ("restarts", "right"), ("uptime", "right"),
+        ("process", "left"),
+        ("pid", "right"),
+        ("state", "left"),
+        ("shards", "right"),
+        ("CPU %", "right"),
+        ("CPU s", "right"),
+        ("RSS MiB", "right"),
+        ("objects", "right"),
+        ("sockets", "right"),
+        ("restarts", "right"),
+        ("uptime", "right"),
     ]:
         procs.add_column(col, justify=just)  # type: ignore[arg-type]
     for p in snap["processes"]:
@@ -123,8 +131,12 @@ def render_frame(url: str, snap: dict[str, Any], prev: dict[str, Any] | None = N
         top = sorted(groups, key=lambda g: (g[key], g["cpu_ms"], g["requests"]), reverse=True)
         for g in top[:BUSIEST]:
             t.add_row(
-                _object_label(g), g["class"], f"{g['cpu_ms']:.1f}", str(g["requests"]),
-                str(g["ws_messages_in"]), f"{g['cost_usd']:.3g}",
+                _object_label(g),
+                g["class"],
+                f"{g['cpu_ms']:.1f}",
+                str(g["requests"]),
+                str(g["ws_messages_in"]),
+                f"{g['cost_usd']:.3g}",
             )
         if not top:
             t.add_row("(no object used in the last minute)", "", "", "", "", "")
@@ -156,7 +168,9 @@ def run_top(url: str, token: str | None, interval: float = 1.0, once: bool = Fal
             console.print(render_frame(url, snap))
             return
         prev: dict[str, Any] | None = None
-        with Live(render_frame(url, snap), console=console, screen=True, auto_refresh=False) as live:
+        with Live(
+            render_frame(url, snap), console=console, screen=True, auto_refresh=False
+        ) as live:
             while True:
                 time.sleep(interval)
                 try:

@@ -19,7 +19,9 @@ from .app import SDK_CONTENT_TYPE, HttpError, Supervisor, error_http, json_respo
 _mp = msgspec.msgpack
 
 
-def sdk_response(ok: bool, value: bytes = b"", error: dict | None = None, status: int = 200) -> HttpResponse:
+def sdk_response(
+    ok: bool, value: bytes = b"", error: dict | None = None, status: int = 200
+) -> HttpResponse:
     body = _mp.encode({"ok": ok, "value": value, "error": error})
     headers = [("content-type", SDK_CONTENT_TYPE)]
     if error is not None and (error.get("retryable") or error.get("overloaded")) and status >= 500:
@@ -88,7 +90,8 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
                             "bindings": d["config"]["bindings"],
                             "sha256": d["sha256"],
                             "note": d["note"],
-                            "current": sup.current is not None and d["version"] == sup.current["version"],
+                            "current": sup.current is not None
+                            and d["version"] == sup.current["version"],
                         }
                         for d in sup.db.deployments()
                     ]
@@ -107,7 +110,9 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
             f = error_to_fields(exc)
             return sdk_response(False, error=f, status=_status_for_error(f))
         try:
-            reply = await sup.call_object(lambda rid: Rpc(rid, target, rpc_method, request.body), target)
+            reply = await sup.call_object(
+                lambda rid: Rpc(rid, target, rpc_method, request.body), target
+            )
         except DurableObjectError as exc:
             f = error_to_fields(exc)
             return sdk_response(False, error=f, status=_status_for_error(f))
@@ -122,7 +127,9 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
         target = sup.target_for(binding, name=name, object_id=oid)
         sub = "/" + "/".join(path.split("/")[4:])
         parsed = urlsplit(request.url)
-        url = f"{parsed.scheme}://{parsed.netloc}{sub}" + (f"?{parsed.query}" if parsed.query else "")
+        url = f"{parsed.scheme}://{parsed.netloc}{sub}" + (
+            f"?{parsed.query}" if parsed.query else ""
+        )
         headers = [(k, v) for k, v in request.headers if k.lower() != "authorization"]
         inner = HttpRequest(request.method, url, headers, request.body)
         try:
@@ -164,7 +171,9 @@ def _fetch_error(fields: dict[str, Any]) -> HttpResponse:
 def _namespaces(sup: Supervisor) -> list[dict[str, Any]]:
     out = []
     for binding, (class_name, ns_key, _) in sorted(sup.bindings.items()):
-        out.append({"binding": binding, "class": class_name, "objects": len(_object_ids(sup, ns_key))})
+        out.append(
+            {"binding": binding, "class": class_name, "objects": len(_object_ids(sup, ns_key))}
+        )
     return out
 
 
@@ -177,18 +186,20 @@ def _object_ids(sup: Supervisor, ns_key: int) -> list[str]:
     return sorted(n[:-7] for n in names if n.endswith(".sqlite") and is_id_string(n[:-7]))
 
 
-async def object_admin(sup: Supervisor, target: Any, op: str, data: bytes = b"", params: dict | None = None) -> Any:
+async def object_admin(
+    sup: Supervisor, target: Any, op: str, data: bytes = b"", params: dict | None = None
+) -> Any:
     from stateroom import _codec
 
-    reply = await sup.call_object(
-        lambda rid: Admin(rid, op, target, data, params or {}), target
-    )
+    reply = await sup.call_object(lambda rid: Admin(rid, op, target, data, params or {}), target)
     if not reply.ok:
         raise error_from_fields(reply.error or {})
     return _codec.decode(reply.value) if reply.value else None
 
 
-async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], query: dict) -> HttpResponse:
+async def objects_route(
+    sup: Supervisor, request: HttpRequest, rest: list[str], query: dict
+) -> HttpResponse:
     binding = unquote(rest[0])
     class_name, ns_key, factory = sup.resolve(binding)
     method = request.method
@@ -197,7 +208,14 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
         objects = []
         for oid in _object_ids(sup, ns_key):
             path = sup.data_dir / "objects" / str(ns_key) / f"{oid}.sqlite"
-            objects.append({"id": oid, "name": names.get(oid), "bytes": sqlite_file_bytes(path), "active": False})
+            objects.append(
+                {
+                    "id": oid,
+                    "name": names.get(oid),
+                    "bytes": sqlite_file_bytes(path),
+                    "active": False,
+                }
+            )
         return json_response({"objects": objects})
     oid = unquote(rest[1])
     try:
@@ -208,7 +226,9 @@ async def objects_route(sup: Supervisor, request: HttpRequest, rest: list[str], 
     if len(rest) == 2 and method == "GET":
         info = await object_admin(sup, target, "info")
         name = sup.db.name_of(ns_key, oid) or target.name
-        return json_response({"id": oid, "name": name, "bytes": info["bytes"], "active": info["active"]})
+        return json_response(
+            {"id": oid, "name": name, "bytes": info["bytes"], "active": info["active"]}
+        )
     if len(rest) == 2 and method == "DELETE":
         await object_admin(sup, target, "delete")
         for ext in sup.extensions:

@@ -90,8 +90,18 @@ def retry_delay_s(k: int, base: float, rng: random.Random) -> float:
 class _Alarm:
     """One object's entry in the index."""
 
-    __slots__ = ("key", "name", "time", "scheduled", "retry", "expire", "seq", "running",
-                 "set_during_run", "idle")
+    __slots__ = (
+        "key",
+        "name",
+        "time",
+        "scheduled",
+        "retry",
+        "expire",
+        "seq",
+        "running",
+        "set_during_run",
+        "idle",
+    )
 
     def __init__(self, key: Key, name: str | None) -> None:
         self.key = key
@@ -305,7 +315,9 @@ class AlarmScheduler:
             _log(f"settling the alarm of {e.key[1][:12]} failed: {exc!r}")
         return outcome, failure
 
-    def _settle(self, e: _Alarm, outcome: dict[str, Any] | None, failure: BaseException | None) -> None:
+    def _settle(
+        self, e: _Alarm, outcome: dict[str, Any] | None, failure: BaseException | None
+    ) -> None:
         if self.alarms.get(e.key) is not e:
             return  # the object (or its class) was deleted meanwhile
         now = now_ms()

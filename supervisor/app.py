@@ -69,7 +69,9 @@ def json_response(obj: Any, status: int = 200) -> HttpResponse:
 
 
 def text_response(text: str, status: int) -> HttpResponse:
-    return HttpResponse(status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode())
+    return HttpResponse(
+        status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode()
+    )
 
 
 def error_http(exc: BaseException) -> HttpResponse:
@@ -163,13 +165,19 @@ class Supervisor:
         await p.event.wait()
         if p.reply is None or not p.reply.ok:
             err = p.reply.error if p.reply is not None else p.error
-            print(f"stateroom: worker {w.index} could not load deployment {dep['version']}: {err}", file=sys.stderr, flush=True)
+            print(
+                f"stateroom: worker {w.index} could not load deployment {dep['version']}: {err}",
+                file=sys.stderr,
+                flush=True,
+            )
         for ext in self.extensions:
             hook = getattr(ext, "on_worker_ready", None)
             if hook is not None:
                 await hook(w)
 
-    async def deploy(self, payload: Any, *, dry_run: bool = False, note: str = "") -> dict[str, Any]:
+    async def deploy(
+        self, payload: Any, *, dry_run: bool = False, note: str = ""
+    ) -> dict[str, Any]:
         """Validate, record and activate a deployment (see `deployments.py` for the steps).
 
         Raises `DeployRefused` (HTTP 400) with nothing changed when the request,
@@ -181,7 +189,12 @@ class Supervisor:
             version = self.db.next_version()
             await self._validate_code(version, bundle, config, meta, plan)
             if dry_run:
-                return {"dry_run": True, "version": version, "plan": plan, "bindings": config["bindings"]}
+                return {
+                    "dry_run": True,
+                    "version": version,
+                    "plan": plan,
+                    "bindings": config["bindings"],
+                }
             doomed = deps.commit_deployment(
                 self.db, self.data_dir, version, bundle, plan, config, meta, note
             )
@@ -238,7 +251,9 @@ class Supervisor:
             raise BindingNotFoundError(f"unknown binding {binding!r}")
         return b
 
-    def target_for(self, binding: str, *, name: str | None = None, object_id: str | None = None) -> Target:
+    def target_for(
+        self, binding: str, *, name: str | None = None, object_id: str | None = None
+    ) -> Target:
         class_name, ns_key, factory = self.resolve(binding)
         if name is not None:
             oid = factory.from_name(name)
@@ -381,7 +396,9 @@ class Supervisor:
 
     async def handle_reserved(self, request: HttpRequest, path: str) -> HttpResponse:
         if path == PREFIX + "health":
-            return json_response({"ok": True, "deployment": self.current["version"] if self.current else None})
+            return json_response(
+                {"ok": True, "deployment": self.current["version"] if self.current else None}
+            )
         for ext in self.extensions:
             pre = getattr(ext, "public_route", None)
             if pre is not None:

@@ -55,7 +55,9 @@ class Dashboard:
             self._cache[name] = data
         return data
 
-    async def route(self, request: Any, parts: list[str], query: dict[str, str]) -> HttpResponse | None:
+    async def route(
+        self, request: Any, parts: list[str], query: dict[str, str]
+    ) -> HttpResponse | None:
         if not parts or parts[0] != "dashboard" or request.method not in ("GET", "HEAD"):
             return None
         headers = [
@@ -64,13 +66,20 @@ class Dashboard:
             ("referrer-policy", "no-referrer"),
         ]
         if len(parts) == 1:
-            page = [*headers, ("content-type", "text/html; charset=utf-8"), ("cache-control", "no-store")]
+            page = [
+                *headers,
+                ("content-type", "text/html; charset=utf-8"),
+                ("cache-control", "no-store"),
+            ]
             if "token" in query:
                 # Authorized by ?token= (checked before routing): keep it in a cookie;
                 # the page then drops the token from its address (history.replaceState).
                 page.append(
-                    ("set-cookie", f"stateroom_token={query['token']}; Path=/_stateroom/;"
-                     " HttpOnly; SameSite=Strict")
+                    (
+                        "set-cookie",
+                        f"stateroom_token={query['token']}; Path=/_stateroom/;"
+                        " HttpOnly; SameSite=Strict",
+                    )
                 )
             return HttpResponse(200, page, self._file("dashboard.html"))
         if len(parts) == 2 and parts[1] in ASSETS:

@@ -48,13 +48,17 @@ class FaultInjection:
 
     # ------------------------------------------------------------------ route
 
-    async def route(self, request: HttpRequest, parts: list[str], query: dict) -> HttpResponse | None:
+    async def route(
+        self, request: HttpRequest, parts: list[str], query: dict
+    ) -> HttpResponse | None:
         if parts[:2] != ["v1", "faults"] or len(parts) != 2:
             return None
         from .app import HttpError, json_response
 
         if not self.sup.settings.fault_injection:
-            raise HttpError(404, "fault injection is off (start the runtime with --fault-injection)")
+            raise HttpError(
+                404, "fault injection is off (start the runtime with --fault-injection)"
+            )
         if request.method == "GET":
             return json_response({"faults": self.listing()})
         if request.method != "POST":

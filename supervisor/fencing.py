@@ -112,7 +112,9 @@ class WorkerRegistry:
         self._write()
 
     def _write(self) -> None:
-        text = "".join(f"{i} {pid} {created!r}\n" for i, (pid, created) in sorted(self._workers.items()))
+        text = "".join(
+            f"{i} {pid} {created!r}\n" for i, (pid, created) in sorted(self._workers.items())
+        )
         tmp = self.path.with_suffix(".tmp")
         try:
             tmp.write_text(text)

@@ -114,7 +114,13 @@ class HttpServer:
             ("connection", "close"),
         ]
         try:
-            await self._send(conn, stream, h11.Response(status_code=status, headers=headers), h11.Data(data=body), h11.EndOfMessage())
+            await self._send(
+                conn,
+                stream,
+                h11.Response(status_code=status, headers=headers),
+                h11.Data(data=body),
+                h11.EndOfMessage(),
+            )
         except h11.LocalProtocolError:
             await stream.send_all(
                 f"HTTP/1.1 {status} Error\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
@@ -153,8 +159,10 @@ class HttpServer:
                 return
             first = False
             request: h11.Request = event
-            head_size = len(request.method) + len(request.target) + sum(
-                len(k) + len(v) + 4 for k, v in request.headers
+            head_size = (
+                len(request.method)
+                + len(request.target)
+                + sum(len(k) + len(v) + 4 for k, v in request.headers)
             )
             if head_size > MAX_HEADER_BYTES:
                 # h11 caps only a head still incomplete; one that arrived whole is
@@ -180,11 +188,16 @@ class HttpServer:
                 elif k == "upgrade" and v.lower() == "websocket":
                     upgrade = True
             if not target.startswith("/"):
-                await self._simple(conn, stream, 400, b"bad request: target must be an absolute path\n")
+                await self._simple(
+                    conn, stream, 400, b"bad request: target must be an absolute path\n"
+                )
                 return
             if length is not None and length > self.max_body_bytes:
                 await self._simple(
-                    conn, stream, 413, f"request body exceeds {self.max_body_bytes} bytes\n".encode()
+                    conn,
+                    stream,
+                    413,
+                    f"request body exceeds {self.max_body_bytes} bytes\n".encode(),
                 )
                 return
             try:
@@ -192,7 +205,10 @@ class HttpServer:
                     body = await self._read_body(conn, stream)
             except BodyTooLarge:
                 await self._simple(
-                    conn, stream, 413, f"request body exceeds {self.max_body_bytes} bytes\n".encode()
+                    conn,
+                    stream,
+                    413,
+                    f"request body exceeds {self.max_body_bytes} bytes\n".encode(),
                 )
                 return
             except trio.TooSlowError:
@@ -210,10 +226,14 @@ class HttpServer:
             try:
                 response = await self.handler(http_request, None)
             except Exception as exc:  # noqa: BLE001 - never let one request kill the server
-                response = HttpResponse(500, [("content-type", "text/plain")], f"internal error: {exc!r}\n".encode())
+                response = HttpResponse(
+                    500, [("content-type", "text/plain")], f"internal error: {exc!r}\n".encode()
+                )
             if response.status == 101:
                 response = HttpResponse(
-                    400, [("content-type", "text/plain")], b"a 101 response needs a WebSocket upgrade request\n"
+                    400,
+                    [("content-type", "text/plain")],
+                    b"a 101 response needs a WebSocket upgrade request\n",
                 )
             await self._write_response(conn, stream, method, response)
             if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:

@@ -41,7 +41,9 @@ class WorkerLimits:
         settings = sup.settings
         # RSS bytes above which a worker is restarted (None: no limit).
         self.memory_limit: int | None = settings.worker_memory_limit or None
-        grace = float(os.environ.get("STATEROOM_SILENCE_GRACE") or SILENCE_GRACE_S)  # tests shorten it
+        grace = float(
+            os.environ.get("STATEROOM_SILENCE_GRACE") or SILENCE_GRACE_S
+        )  # tests shorten it
         self.silence_s = float(settings.cpu_limit) + grace
         # pid -> psutil.Process, for the current process of every slot.
         self._procs: dict[int, psutil.Process] = {}

@@ -151,8 +151,10 @@ def parse_time(text: str, now: float) -> float:
 
 
 def iso(t: float) -> str:
-    return dt.datetime.fromtimestamp(t, tz=dt.UTC).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z"
+    return (
+        dt.datetime.fromtimestamp(t, tz=dt.UTC)
+        .isoformat(timespec="milliseconds")
+        .replace("+00:00", "Z")
     )
 
 
@@ -167,7 +169,9 @@ def _json(obj: Any, status: int = 200) -> HttpResponse:
 
 
 def _text(text: str, status: int) -> HttpResponse:
-    return HttpResponse(status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode())
+    return HttpResponse(
+        status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode()
+    )
 
 
 class Meters:
@@ -227,9 +231,7 @@ class Meters:
             )
         live = {
             int(k): c
-            for k, c in conn.execute(
-                "SELECT key, class_name FROM namespaces WHERE deleted IS NULL"
-            )
+            for k, c in conn.execute("SELECT key, class_name FROM namespaces WHERE deleted IS NULL")
         }
         classes = {}
         for k, c in conn.execute("SELECT ns_key, class_name FROM meter_classes"):
@@ -248,7 +250,14 @@ class Meters:
         for row in rows:
             try:
                 ns_key, oid = int(row[0]), str(row[1])
-                delta = [int(row[2]), int(row[3]), float(row[4]), float(row[5]), int(row[6]), int(row[7])]
+                delta = [
+                    int(row[2]),
+                    int(row[3]),
+                    float(row[4]),
+                    float(row[5]),
+                    int(row[6]),
+                    int(row[7]),
+                ]
                 size = int(row[8])
             except (TypeError, ValueError, IndexError):
                 print(f"stateroom: meters: ignored a malformed row {row!r}", file=sys.stderr)
@@ -339,9 +348,10 @@ class Meters:
 
     async def on_deploy(self, dep: Any, plan: Any) -> None:
         self._refresh_classes()
-        live = {int(k) for (k,) in self.db.conn.execute(
-            "SELECT key FROM namespaces WHERE deleted IS NULL"
-        )}
+        live = {
+            int(k)
+            for (k,) in self.db.conn.execute("SELECT key FROM namespaces WHERE deleted IS NULL")
+        }
         gone = [[k, oid, 0, 0, 0.0, 0.0, 0, 0, 0] for (k, oid) in self.sizes if k not in live]
         if gone:
             self.record(gone)
@@ -365,7 +375,9 @@ class Meters:
         await self.collect()
         self.persist()
 
-    async def route(self, request: Any, parts: list[str], query: dict[str, str]) -> HttpResponse | None:
+    async def route(
+        self, request: Any, parts: list[str], query: dict[str, str]
+    ) -> HttpResponse | None:
         if request.method != "GET":
             return None
         try:
@@ -415,7 +427,9 @@ class Meters:
         if until_t is None:
             until_t = now
         if since_t is None:
-            since_t = until_t if self.first_minute is None else min(until_t, self.first_minute * 60.0)
+            since_t = (
+                until_t if self.first_minute is None else min(until_t, self.first_minute * 60.0)
+            )
         if since_t > until_t:
             raise _Bad(f"since ({iso(since_t)}) is after until ({iso(until_t)})")
         objects = self._usage_by_object(since_t, until_t, min(until_t, time.time()))
@@ -446,7 +460,9 @@ class Meters:
             "prices": dataclasses.asdict(self.prices),
         }
 
-    def _group(self, cls: str, oid: str | None, name: str | None, acc: list[float]) -> dict[str, Any]:
+    def _group(
+        self, cls: str, oid: str | None, name: str | None, acc: list[float]
+    ) -> dict[str, Any]:
         requests, ws = int(acc[REQ]), int(acc[WS])
         billable = requests + ws / WS_MESSAGES_PER_REQUEST
         active_s = round(acc[ACT], 3)
@@ -473,11 +489,21 @@ class Meters:
     def _total(groups: list[dict[str, Any]]) -> dict[str, Any]:
         total: dict[str, Any] = {}
         for key in (
-            "requests", "ws_messages_in", "billable_requests", "cpu_ms", "active_s", "gb_s",
-            "rows_read", "rows_written", "stored_bytes", "cost_usd",
+            "requests",
+            "ws_messages_in",
+            "billable_requests",
+            "cpu_ms",
+            "active_s",
+            "gb_s",
+            "rows_read",
+            "rows_written",
+            "stored_bytes",
+            "cost_usd",
         ):
             total[key] = sum((g[key] for g in groups), 0)
-        total["billable_requests"] = total["requests"] + total["ws_messages_in"] / WS_MESSAGES_PER_REQUEST
+        total["billable_requests"] = (
+            total["requests"] + total["ws_messages_in"] / WS_MESSAGES_PER_REQUEST
+        )
         for key in ("cpu_ms", "active_s"):
             total[key] = round(total[key], 3)
         total["gb_s"] = total["active_s"] * GB_PER_OBJECT
@@ -572,11 +598,15 @@ class Meters:
         """Cumulative figures and current stored bytes per class label."""
         out: dict[str, dict[str, float]] = {}
         for ns_key, v in self.totals.items():
-            d = out.setdefault(self.class_of(ns_key), dict.fromkeys((*FIGURES, "stored_bytes"), 0.0))
+            d = out.setdefault(
+                self.class_of(ns_key), dict.fromkeys((*FIGURES, "stored_bytes"), 0.0)
+            )
             for i, name in enumerate(FIGURES):
                 d[name] += v[i]
         for (ns_key, _), size in self.sizes.items():
-            d = out.setdefault(self.class_of(ns_key), dict.fromkeys((*FIGURES, "stored_bytes"), 0.0))
+            d = out.setdefault(
+                self.class_of(ns_key), dict.fromkeys((*FIGURES, "stored_bytes"), 0.0)
+            )
             d["stored_bytes"] += size
         return out
 

@@ -63,14 +63,16 @@ class _Snapshot:
         yield stored
         procs = [p for p in self.processes if p.get("pid") is not None]
         cpu = CounterMetricFamily(
-            "stateroom_process_cpu_seconds", "CPU seconds (user + system) of the process.",
+            "stateroom_process_cpu_seconds",
+            "CPU seconds (user + system) of the process.",
             labels=["role", "pid"],
         )
         rss = GaugeMetricFamily(
             "stateroom_process_rss_bytes", "Resident memory of the process.", labels=["role", "pid"]
         )
         pct = GaugeMetricFamily(
-            "stateroom_process_cpu_percent", "CPU % over the last sampling window.",
+            "stateroom_process_cpu_percent",
+            "CPU % over the last sampling window.",
             labels=["role", "pid"],
         )
         objects = GaugeMetricFamily(

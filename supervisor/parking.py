@@ -102,7 +102,14 @@ def _now_ms() -> int:
 class ParkedObject:
     """An object with sockets (or socket settings) in the lot."""
 
-    __slots__ = ("target", "sockets", "auto_request", "auto_response", "auto_frame", "event_timeout_ms")
+    __slots__ = (
+        "target",
+        "sockets",
+        "auto_request",
+        "auto_response",
+        "auto_frame",
+        "event_timeout_ms",
+    )
 
     def __init__(self, target: Target) -> None:
         # Where its events go; the class name changes on a rename.
@@ -192,7 +199,12 @@ class Parking:
             self._unpark(s)
             assert self.nursery is not None
             self.nursery.start_soon(
-                self._deliver_end, s, "close", 1006, "the WebSocket handshake did not complete", False
+                self._deliver_end,
+                s,
+                "close",
+                1006,
+                "the WebSocket handshake did not complete",
+                False,
             )
 
     async def stop(self) -> None:
@@ -257,7 +269,9 @@ class Parking:
             return True
         if isinstance(msg, WsSetOptions):
             obj = self._object(msg.target)
-            obj.auto_request = msg.auto_request.encode("utf-8") if msg.auto_request is not None else None
+            obj.auto_request = (
+                msg.auto_request.encode("utf-8") if msg.auto_request is not None else None
+            )
             obj.auto_response = msg.auto_response
             obj.auto_frame = data_frame((msg.auto_response or "").encode("utf-8"), True)
             obj.event_timeout_ms = msg.event_timeout_ms
@@ -378,17 +392,26 @@ class Parking:
 
     # ------------------------------------------------------------------ the front door
 
-    async def on_upgrade(self, request: HttpRequest, stream: trio.SocketStream, conn: h11.Connection) -> None:
+    async def on_upgrade(
+        self, request: HttpRequest, stream: trio.SocketStream, conn: h11.Connection
+    ) -> None:
         """Own an upgrade request's connection: route it, then park or refuse the socket."""
         http = self.sup.http
         problem = handshake_error(request)
         if problem is not None:
-            headers = [("content-type", "text/plain; charset=utf-8"), ("sec-websocket-version", "13")]
+            headers = [
+                ("content-type", "text/plain; charset=utf-8"),
+                ("sec-websocket-version", "13"),
+            ]
             status = 426 if "Version" in problem else 400
-            await http._write_response(conn, stream, "GET", HttpResponse(status, headers, (problem + "\n").encode()))
+            await http._write_response(
+                conn, stream, "GET", HttpResponse(status, headers, (problem + "\n").encode())
+            )
             return
         if self.stopping:
-            await http._write_response(conn, stream, "GET", _text(503, "the runtime is shutting down"))
+            await http._write_response(
+                conn, stream, "GET", _text(503, "the runtime is shutting down")
+            )
             return
         try:
             response = await self.sup.handle(request, None)
@@ -396,7 +419,9 @@ class Parking:
             response = _text(500, f"internal error: {exc!r}")
         if response.status != 101 or response.web_socket is None:
             if response.status == 101:
-                response = _text(500, "a 101 response needs web_socket=client (a WebSocketPair half)")
+                response = _text(
+                    500, "a 101 response needs web_socket=client (a WebSocketPair half)"
+                )
             await http._write_response(conn, stream, request.method, response)
             return
         s = self.sockets.get(response.web_socket)
@@ -405,18 +430,30 @@ class Parking:
                 conn,
                 stream,
                 request.method,
-                _text(500, "the WebSocket was not accepted: call ctx.accept_web_socket(server) in the object"),
+                _text(
+                    500,
+                    "the WebSocket was not accepted: call ctx.accept_web_socket(server) in the object",
+                ),
             )
             return
         try:
             head = conn.send(
-                h11.InformationalResponse(status_code=101, headers=accept_headers(request, response.headers))
+                h11.InformationalResponse(
+                    status_code=101, headers=accept_headers(request, response.headers)
+                )
             )
             await stream.send_all(head or b"")
-        except (h11.LocalProtocolError, trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+        except (
+            h11.LocalProtocolError,
+            trio.BrokenResourceError,
+            trio.ClosedResourceError,
+            OSError,
+        ):
             self._unpark(s)
             if not s.detached:
-                await self._deliver_end(s, "close", 1006, "the client left during the handshake", False)
+                await self._deliver_end(
+                    s, "close", 1006, "the client left during the handshake", False
+                )
             return
         assert self.nursery is not None
         ws = ServerWebSocket(
@@ -482,8 +519,12 @@ class Parking:
 
     # ------------------------------------------------------------------ delivery
 
-    async def _deliver_end(self, s: ParkedSocket, kind: str, code: int, reason: str, was_clean: bool) -> None:
-        await self._deliver(s, kind, code=code, reason=reason, was_clean=was_clean, socket=s.record())
+    async def _deliver_end(
+        self, s: ParkedSocket, kind: str, code: int, reason: str, was_clean: bool
+    ) -> None:
+        await self._deliver(
+            s, kind, code=code, reason=reason, was_clean=was_clean, socket=s.record()
+        )
 
     async def _deliver(self, s: ParkedSocket, kind: str, **fields: Any) -> None:
         """Hand one event to the owning worker and wait until the object handled it.
@@ -530,7 +571,9 @@ class Parking:
 
 
 def _text(status: int, text: str) -> HttpResponse:
-    return HttpResponse(status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode())
+    return HttpResponse(
+        status, [("content-type", "text/plain; charset=utf-8")], (text + "\n").encode()
+    )
 
 
 __all__ = ["Parking", "ParkedObject", "ParkedSocket"]

@@ -90,7 +90,11 @@ _FLAGS: list[tuple[str, Any, str]] = [
     ("pitr_retention", _seconds, "point-in-time recovery window in seconds"),
     ("worker_memory_limit", _positive_int, "RSS bytes after which a worker restarts"),
     ("shutdown_grace", _seconds, "seconds in-flight events get at shutdown"),
-    ("deploy_grace", _seconds, "seconds in-flight events get to finish on the old code at a redeploy"),
+    (
+        "deploy_grace",
+        _seconds,
+        "seconds in-flight events get to finish on the old code at a redeploy",
+    ),
     ("prices", Path, "TOML price table for billing"),
 ]
 _SWITCHES = [
@@ -102,9 +106,13 @@ _SWITCHES = [
 
 def add_serve_flags(parser: argparse.ArgumentParser) -> None:
     for name, typ, help_ in _FLAGS:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, type=typ, default=None, help=help_
+        )
     for name, help_ in _SWITCHES:
-        parser.add_argument("--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=help_)
+        parser.add_argument(
+            "--" + name.replace("_", "-"), dest=name, action="store_true", default=None, help=help_
+        )
 
 
 def settings_from_args(args: argparse.Namespace, environ: dict[str, str] | None = None) -> Settings:

@@ -330,7 +330,12 @@ class ServerWebSocket:
             if state is ConnectionState.OPEN:
                 # wsproto reports a frame it could not parse as a close it received.
                 self._send_close(code, event.reason or "")
-                return Closed(code, event.reason or "", was_clean=False, error=event.reason or "protocol error")
+                return Closed(
+                    code,
+                    event.reason or "",
+                    was_clean=False,
+                    error=event.reason or "protocol error",
+                )
             if state is ConnectionState.REMOTE_CLOSING:
                 self._send_event(event.response())
                 return Closed(code, event.reason or "", was_clean=True)

@@ -173,7 +173,12 @@ class WorkerPool:
         self._spare: tuple[trio.Process, socket.socket] | None = None
         # Cancels the task watching the spare (taking it stops the watch).
         self._spare_scope: trio.CancelScope | None = None
-        self.use_spare = os.environ.get("STATEROOM_SPARE_WORKER", "1").strip() not in ("0", "false", "no", "off")
+        self.use_spare = os.environ.get("STATEROOM_SPARE_WORKER", "1").strip() not in (
+            "0",
+            "false",
+            "no",
+            "off",
+        )
 
     def shards_of(self, index: int) -> list[int]:
         return [s for s, o in enumerate(self.owners) if o == index]
@@ -209,7 +214,11 @@ class WorkerPool:
             try:
                 await self._run_once(w)
             except OSError as exc:  # could not start a process (fork, fds): try again later
-                print(f"stateroom: cannot start worker {w.index}: {exc!r}", file=sys.stderr, flush=True)
+                print(
+                    f"stateroom: cannot start worker {w.index}: {exc!r}",
+                    file=sys.stderr,
+                    flush=True,
+                )
             if self.stopping:
                 break
             w.restarts += 1
@@ -273,7 +282,9 @@ class WorkerPool:
             try:
                 process, sock = await self._spawn(-1)
             except OSError as exc:
-                print(f"stateroom: cannot start a spare worker: {exc!r}", file=sys.stderr, flush=True)
+                print(
+                    f"stateroom: cannot start a spare worker: {exc!r}", file=sys.stderr, flush=True
+                )
                 await trio.sleep(5.0)
                 continue
             if self.stopping:
@@ -467,7 +478,9 @@ class WorkerPool:
         """
         if starting:
             if w.state is WorkerState.DEAD or w.conn is None:
-                raise DurableObjectError(f"worker {w.index} is restarting; try again", retryable=True)
+                raise DurableObjectError(
+                    f"worker {w.index} is restarting; try again", retryable=True
+                )
         elif w.state is not WorkerState.READY:
             with trio.move_on_after(wait_ready):
                 await w.ready.wait()
@@ -487,7 +500,9 @@ class WorkerPool:
             conn.send(make(rid))
         except trio.ClosedResourceError:
             w.pending.pop(rid, None)
-            raise DurableObjectError(f"worker {w.index} is restarting; try again", retryable=True) from None
+            raise DurableObjectError(
+                f"worker {w.index} is restarting; try again", retryable=True
+            ) from None
         try:
             await p.event.wait()
         except trio.Cancelled:

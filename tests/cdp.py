@@ -62,7 +62,9 @@ class Page:
                 continue
             method, params = msg.get("method"), msg.get("params", {})
             if method == "Runtime.consoleAPICalled":
-                text = " ".join(str(a.get("value", a.get("description", ""))) for a in params["args"])
+                text = " ".join(
+                    str(a.get("value", a.get("description", ""))) for a in params["args"]
+                )
                 self.console.append(f"{params['type']}: {text}")
                 if params["type"] in ("error", "assert"):
                     self.errors.append(f"console.{params['type']}: {text}")
@@ -75,7 +77,9 @@ class Page:
                 e = params["entry"]
                 self.errors.append(f"log: {e.get('text')} {e.get('url', '')}")
 
-    async def send(self, method: str, params: dict[str, Any] | None = None, *, session: bool = True) -> Any:
+    async def send(
+        self, method: str, params: dict[str, Any] | None = None, *, session: bool = True
+    ) -> Any:
         self._next += 1
         slot: list[Any] = [trio.Event(), None]
         self._waiting[self._next] = slot
@@ -110,16 +114,25 @@ class Page:
 
 
 @contextlib.asynccontextmanager
-async def open_page(tmp_path: Path, *, width: int = 1400, height: int = 1000) -> AsyncIterator[Page]:
+async def open_page(
+    tmp_path: Path, *, width: int = 1400, height: int = 1000
+) -> AsyncIterator[Page]:
     exe = chromium_path()
     if exe is None:
         pytest.skip("chromium is not installed (run scripts/install-browser.sh)")
     profile = tmp_path / "chromium-profile"
     profile.mkdir()
     proc = await trio.lowlevel.open_process(
-        [exe, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-         "about:blank"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            exe,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            "about:blank",
+        ],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     try:
         port_file = profile / "DevToolsActivePort"
@@ -129,14 +142,18 @@ async def open_page(tmp_path: Path, *, width: int = 1400, height: int = 1000) ->
                     raise RuntimeError(f"chromium exited with {proc.returncode}")
                 await trio.sleep(0.05)
         port, path = port_file.read_text().splitlines()[:2]
-        async with open_websocket_url(
-            f"ws://127.0.0.1:{port}{path}", max_message_size=256 * 1024 * 1024
-        ) as ws, trio.open_nursery() as nursery:
+        async with (
+            open_websocket_url(
+                f"ws://127.0.0.1:{port}{path}", max_message_size=256 * 1024 * 1024
+            ) as ws,
+            trio.open_nursery() as nursery,
+        ):
             page = Page(ws, "")
             nursery.start_soon(page.serve)
             target = await page.send("Target.createTarget", {"url": "about:blank"}, session=False)
             attached = await page.send(
-                "Target.attachToTarget", {"targetId": target["targetId"], "flatten": True},
+                "Target.attachToTarget",
+                {"targetId": target["targetId"], "flatten": True},
                 session=False,
             )
             page._session = attached["sessionId"]

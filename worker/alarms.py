@@ -279,7 +279,9 @@ class AlarmStore:
             return {"ran": False, "alarm": stored}
         if instance is None:
             # Not constructed (evicted or reset before the event started): nothing ran.
-            raise DurableObjectError("the object was not live; its alarm runs again", retryable=True)
+            raise DurableObjectError(
+                "the object was not live; its alarm runs again", retryable=True
+            )
         handler = getattr(instance, "alarm", None)
         if handler is None:
             self.worker.log(

@@ -73,7 +73,17 @@ class HostState(enum.Enum):
 class Event:
     """One delivery to an object (fetch, RPC, alarm, socket event)."""
 
-    __slots__ = ("fn", "request_id", "wrote", "committed", "done", "result", "error", "scope", "generation")
+    __slots__ = (
+        "fn",
+        "request_id",
+        "wrote",
+        "committed",
+        "done",
+        "result",
+        "error",
+        "scope",
+        "generation",
+    )
 
     def __init__(self, fn: Callable[[Any], Awaitable[Any]], request_id: int | None) -> None:
         self.fn = fn
@@ -150,8 +160,7 @@ class ObjectHost:
         limit = self.worker.settings.get("max_queued_events", 1000)
         if len(self.queue) >= limit:
             raise OverloadedError(
-                f"object {self.target.id[:16]}… has {len(self.queue)} queued events"
-                f" (limit {limit})"
+                f"object {self.target.id[:16]}… has {len(self.queue)} queued events (limit {limit})"
             )
         self.queue.append(event)
         self.last_used = trio.current_time()
@@ -241,7 +250,9 @@ class ObjectHost:
             self.settled.unpark_all()
             self.last_used = trio.current_time()
             if not event.done.is_set():
-                event.finish(error=ObjectResetError("event abandoned", retryable=not event.committed))
+                event.finish(
+                    error=ObjectResetError("event abandoned", retryable=not event.committed)
+                )
 
     # ------------------------------------------------------------- commit / gates
 
@@ -365,9 +376,7 @@ class ObjectHost:
         self.ctx = None
         self.state = HostState.LOADING
         for ev in list(self.inflight):
-            ev.finish(
-                error=ObjectResetError(f"object reset: {reason}", retryable=not ev.committed)
-            )
+            ev.finish(error=ObjectResetError(f"object reset: {reason}", retryable=not ev.committed))
             if ev.scope is not None:
                 ev.scope.cancel()
 
@@ -397,5 +406,3 @@ class ObjectHost:
             self.db.remove_files()
         else:
             self.db.close()
-
-

@@ -291,7 +291,9 @@ class History:
         self._close_labels()
         seg = self.segment
         _write_file(self._seg_path(seg, "wal"), wal, self.fsync)
-        _write_file(self._seg_path(seg, "log"), b"".join(LABEL.pack(*lb) for lb in labels), self.fsync)
+        _write_file(
+            self._seg_path(seg, "log"), b"".join(LABEL.pack(*lb) for lb in labels), self.fsync
+        )
         if self.fsync:
             _fsync_dir(self.dir)
         conn.execute("PRAGMA wal_checkpoint(TRUNCATE)", can_cache=False)

@@ -97,7 +97,9 @@ class Redeployer:
         waiting = list(host.queue)
         host.queue.clear()
         for ev in waiting:
-            ev.finish(error=BindingNotFoundError(f"class {name!r} was deleted by deployment {version}"))
+            ev.finish(
+                error=BindingNotFoundError(f"class {name!r} was deleted by deployment {version}")
+            )
         if host.instance is not None or host.inflight:
             host.reset(f"class {name!r} was deleted by deployment {version}")
         else:

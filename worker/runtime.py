@@ -99,9 +99,7 @@ async def _skip_event(instance: Any) -> None:
 def error_response(exc: BaseException, debug: bool) -> Response:
     """The 500 (or 503) HTTP response for an exception that escaped a fetch handler."""
     if isinstance(exc, DurableObjectError) and (exc.retryable or exc.overloaded):
-        return Response(
-            f"{type(exc).__name__}: {exc}", status=503, headers={"retry-after": "1"}
-        )
+        return Response(f"{type(exc).__name__}: {exc}", status=503, headers={"retry-after": "1"})
     body = f"{type(exc).__name__}: {exc}"
     if debug:
         body += "\n\n" + "".join(traceback.format_exception(exc))
@@ -263,12 +261,14 @@ class Worker:
                 host.target = target
             return host
         dep = self.deployment
-        if dep is None or target.class_name not in dep.classes or target.class_name not in dep.namespaces:
+        if (
+            dep is None
+            or target.class_name not in dep.classes
+            or target.class_name not in dep.namespaces
+        ):
             raise BindingNotFoundError(f"no class {target.class_name!r} in the current deployment")
         if not self.owns(target):
-            raise DurableObjectError(
-                "this worker does not own the object's shard", retryable=True
-            )
+            raise DurableObjectError("this worker does not own the object's shard", retryable=True)
         path = self.object_path(target)
         db = Database(
             path,
@@ -355,7 +355,9 @@ class Worker:
         if host is not None:
             self.fault_point("before_reply", host)
 
-    async def object_fetch(self, target: Target, request: Request, request_id: int | None) -> Response:
+    async def object_fetch(
+        self, target: Target, request: Request, request_id: int | None
+    ) -> Response:
         debug = self.debug
 
         async def fn(instance: Any) -> Response:
@@ -378,7 +380,9 @@ class Worker:
         self.meters.count_request(self.host_for(target))
         return await self.deliver_call(target, fn, request_id)
 
-    async def object_rpc(self, target: Target, method: str, args: bytes, request_id: int | None) -> bytes:
+    async def object_rpc(
+        self, target: Target, method: str, args: bytes, request_id: int | None
+    ) -> bytes:
         call_args, call_kwargs = _codec.decode(args)
 
         async def fn(instance: Any) -> bytes:
@@ -436,7 +440,12 @@ class Worker:
         try:
             self.conn.send(
                 Call(
-                    rid, msg.target, msg.kind, msg.request, msg.method, msg.args,
+                    rid,
+                    msg.target,
+                    msg.kind,
+                    msg.request,
+                    msg.method,
+                    msg.args,
                     origin=current_origin(),
                 )
             )

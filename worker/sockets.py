@@ -130,7 +130,9 @@ class ObjectSockets:
         self._last_text: str | None = None
         self._last_bytes = b""
 
-    def add(self, ws_id: int, tags: tuple[str, ...], handle: WebSocket | None = None) -> SocketEntry:
+    def add(
+        self, ws_id: int, tags: tuple[str, ...], handle: WebSocket | None = None
+    ) -> SocketEntry:
         entry = SocketEntry(ws_id, tags, self)
         if handle is None:
             handle = WebSocket()
@@ -181,7 +183,9 @@ class ObjectSockets:
             data, text = message, False
         limit = self.registry.max_message_bytes
         if len(data) > limit:
-            raise ValueError(f"WebSocket message of {len(data)} bytes exceeds the limit of {limit} bytes")
+            raise ValueError(
+                f"WebSocket message of {len(data)} bytes exceeds the limit of {limit} bytes"
+            )
         if not entry.open:
             return  # the peer is gone: nothing to deliver to
         registry, ws_id = self.registry, entry.ws_id
@@ -189,7 +193,11 @@ class ObjectSockets:
 
     def ws_close(self, ws: WebSocket, code: int = 1000, reason: str = "") -> None:
         entry = self.entry_of(ws)
-        if not isinstance(code, int) or isinstance(code, bool) or not (code == 1000 or 3000 <= code <= 4999):
+        if (
+            not isinstance(code, int)
+            or isinstance(code, bool)
+            or not (code == 1000 or 3000 <= code <= 4999)
+        ):
             raise ValueError(f"close code must be 1000 or in 3000-4999, not {code!r}")
         if not isinstance(reason, str) or len(reason.encode("utf-8")) > 123:
             raise ValueError("close reason must be a str of at most 123 UTF-8 bytes")
@@ -300,7 +308,9 @@ class SocketRegistry:
             entry.attachment = record.attachment
             entry.auto_ms = record.auto_response_ms
         if reply.auto_request is not None and reply.auto_response is not None:
-            sockets.auto_pair = WebSocketRequestResponsePair(reply.auto_request, reply.auto_response)
+            sockets.auto_pair = WebSocketRequestResponsePair(
+                reply.auto_request, reply.auto_response
+            )
         sockets.event_timeout_ms = reply.event_timeout_ms
         host.web_sockets = sockets
         if not sockets.entries:
@@ -327,7 +337,9 @@ class SocketRegistry:
             if not isinstance(tag, str):
                 raise TypeError(f"tags must be str, not {type(tag).__name__}")
             if len(tag) > MAX_TAG_CHARS:
-                raise ValueError(f"a tag may have at most {MAX_TAG_CHARS} characters, got {len(tag)}")
+                raise ValueError(
+                    f"a tag may have at most {MAX_TAG_CHARS} characters, got {len(tag)}"
+                )
         sockets = self.of(host)
         if len(sockets.entries) >= MAX_SOCKETS_PER_OBJECT:
             raise ValueError(f"an object may have at most {MAX_SOCKETS_PER_OBJECT} WebSockets")
@@ -349,7 +361,9 @@ class SocketRegistry:
             request = getattr(pair, "request", None)
             response = getattr(pair, "response", None)
             if not isinstance(request, str) or not isinstance(response, str):
-                raise TypeError("expected WebSocketRequestResponsePair(request: str, response: str)")
+                raise TypeError(
+                    "expected WebSocketRequestResponsePair(request: str, response: str)"
+                )
             if len(request) > MAX_AUTO_RESPONSE_CHARS or len(response) > MAX_AUTO_RESPONSE_CHARS:
                 raise ValueError(
                     f"auto-response request and response may have at most {MAX_AUTO_RESPONSE_CHARS} characters"
@@ -374,7 +388,9 @@ class SocketRegistry:
             if isinstance(ms, bool) or not isinstance(ms, int):
                 raise TypeError("the event timeout is an int of milliseconds (or None)")
             if ms < 0 or ms > MAX_EVENT_TIMEOUT_MS:
-                raise ValueError(f"the event timeout must be between 0 and {MAX_EVENT_TIMEOUT_MS} ms")
+                raise ValueError(
+                    f"the event timeout must be between 0 and {MAX_EVENT_TIMEOUT_MS} ms"
+                )
         sockets = self.of(host)
         sockets.event_timeout_ms = ms or None
         self.send(sockets.options())
@@ -479,7 +495,11 @@ class SocketRegistry:
                 entry.handle = handle
                 entry.open = False
             elif msg.kind != "message":
-                if msg.socket is not None and msg.socket.attachment is not None and entry.attachment is None:
+                if (
+                    msg.socket is not None
+                    and msg.socket.attachment is not None
+                    and entry.attachment is None
+                ):
                     entry.attachment = msg.socket.attachment
                 sockets.remove(entry)
             worker.fault_point("during_socket_delivery", host)
@@ -501,7 +521,9 @@ class SocketRegistry:
                 with trio.move_on_after(timeout_ms / 1000) as scope:
                     await handler(entry.handle, *args)
                 if scope.cancelled_caught:
-                    raise TimeoutError(f"{name} exceeded the WebSocket event timeout of {timeout_ms} ms")
+                    raise TimeoutError(
+                        f"{name} exceeded the WebSocket event timeout of {timeout_ms} ms"
+                    )
             else:
                 await handler(entry.handle, *args)
 

@@ -94,6 +94,7 @@ class _StmtInfo:
         self.scans = scans
         self.columns = columns
 
+
 _FULLSCAN = "SQLITE_STMTSTATUS_FULLSCAN_STEP"
 _TRACE_ID = "stateroom-rows"
 
@@ -422,7 +423,9 @@ class Database:
     def kv_put_many(self, entries: dict[str, Any]) -> int:
         """Write every entry or none. Returns the number of rows written."""
         if not isinstance(entries, dict):
-            raise TypeError(f"put() takes a key and a value, or a dict; not {type(entries).__name__}")
+            raise TypeError(
+                f"put() takes a key and a value, or a dict; not {type(entries).__name__}"
+            )
         check_batch(len(entries), "put()")
         # Encode everything first: a bad key or value writes nothing.
         rows = [(key_bytes(k), value_bytes(v)) for k, v in entries.items()]

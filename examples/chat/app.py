@@ -57,7 +57,12 @@ class ChatRoom(DurableObject):
         server.serialize_attachment({"name": name, "joined": now_ms()})
         server.send(
             json.dumps(
-                {"type": "welcome", "name": name, "history": self.history(), "online": self.online()}
+                {
+                    "type": "welcome",
+                    "name": name,
+                    "history": self.history(),
+                    "online": self.online(),
+                }
             )
         )
         self.broadcast({"type": "joined", "name": name, "online": self.online()}, skip=server)

@@ -74,7 +74,9 @@ def kill9(pid: int) -> None:
     os.kill(pid, 9)
 
 
-def names_on_each_worker(rt_procs: list[dict[str, Any]], ns: Any, count: int = 1) -> dict[int, list[str]]:
+def names_on_each_worker(
+    rt_procs: list[dict[str, Any]], ns: Any, count: int = 1
+) -> dict[int, list[str]]:
     """`count` object names whose shard belongs to each worker index."""
     shard_count = sum(len(p["shards"]) for p in rt_procs)
     owner = {s: p["index"] for p in rt_procs for s in p["shards"]}

@@ -179,36 +179,50 @@ async def test_route_refuses_unknown_points_and_bindings_and_lists_what_is_armed
     rt = stateroom_runtime
     headers = {"authorization": f"Bearer {rt.token}"}
     async with httpx.AsyncClient(base_url=rt.url, headers=headers) as http:
-        r = await http.post("/_stateroom/v1/faults", json={"point": "nope", "binding": "BOX", "name": "a"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "nope", "binding": "BOX", "name": "a"}
+        )
         assert r.status_code == 400 and "unknown fault point" in r.text
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "NOPE", "name": "a"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "NOPE", "name": "a"}
+        )
         assert r.status_code == 404
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX"}
+        )
         assert r.status_code == 400
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "id": "zz"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "id": "zz"}
+        )
         assert r.status_code == 400
         r = await http.post("/_stateroom/v1/faults", content=b"not json")
         assert r.status_code == 400
         r = await http.post(
-            "/_stateroom/v1/faults", json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 2}
+            "/_stateroom/v1/faults",
+            json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 2},
         )
         assert r.status_code == 200
         listing = (await http.get("/_stateroom/v1/faults")).json()["faults"]
         assert [(f["point"], f["times"]) for f in listing] == [("after_commit", 2)]
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a"}
+        )
         assert r.status_code == 200
         r = await http.post("/_stateroom/v1/faults")
         assert r.status_code == 400
         r = await http.post(
-            "/_stateroom/v1/faults", json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 1.5}
+            "/_stateroom/v1/faults",
+            json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 1.5},
         )
         assert r.status_code == 400
         r = await http.post(
-            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a", "times": 0}
+            "/_stateroom/v1/faults",
+            json={"point": "before_commit", "binding": "BOX", "name": "a", "times": 0},
         )
         assert r.status_code == 200
         r = await http.post(
-            "/_stateroom/v1/faults", json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 0}
+            "/_stateroom/v1/faults",
+            json={"point": "after_commit", "binding": "BOX", "name": "a", "times": 0},
         )
         listing = (await http.get("/_stateroom/v1/faults")).json()["faults"]
         assert listing == []
@@ -221,7 +235,13 @@ async def test_route_is_404_without_fault_injection(stateroom_runtime):
     rt = stateroom_runtime
     headers = {"authorization": f"Bearer {rt.token}"}
     async with httpx.AsyncClient(base_url=rt.url, headers=headers) as http:
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a"})
+        r = await http.post(
+            "/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a"}
+        )
         assert r.status_code == 404 and "--fault-injection" in r.text
-        r = await http.post("/_stateroom/v1/faults", json={"point": "before_commit", "binding": "BOX", "name": "a"}, headers={"authorization": "Bearer wrong"})
+        r = await http.post(
+            "/_stateroom/v1/faults",
+            json={"point": "before_commit", "binding": "BOX", "name": "a"},
+            headers={"authorization": "Bearer wrong"},
+        )
         assert r.status_code == 401

@@ -63,11 +63,26 @@ def server(tmp_path_factory):
     log = open(data / "supervisor.log", "wb")  # noqa: SIM115 - closed at teardown
     process = subprocess.Popen(
         [
-            sys.executable, "-m", "stateroom.supervisor", "--data", str(data / "d"),
-            "--port", "0", "--workers", "1", "--token", token,
-            "--max-body-bytes", str(MAX_BODY), "--max-ws-message-bytes", str(MAX_WS_MESSAGE),
+            sys.executable,
+            "-m",
+            "stateroom.supervisor",
+            "--data",
+            str(data / "d"),
+            "--port",
+            "0",
+            "--workers",
+            "1",
+            "--token",
+            token,
+            "--max-body-bytes",
+            str(MAX_BODY),
+            "--max-ws-message-bytes",
+            str(MAX_WS_MESSAGE),
         ],
-        stdout=subprocess.PIPE, stderr=log, stdin=subprocess.DEVNULL, env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+        stdin=subprocess.DEVNULL,
+        env=env,
     )
     url = _listening_url(process)
     with stateroom.connect_sync(url, token) as client:
@@ -159,7 +174,9 @@ def assert_clean_http(response: bytes) -> None:
     for code in codes:
         # 501 (unknown transfer coding) and 505 (unknown HTTP version) are the
         # protocol's own answers to a client's request, not server failures.
-        assert code < 500 or code in (501, 505), f"server error {code} for client garbage: {response[:300]!r}"
+        assert code < 500 or code in (501, 505), (
+            f"server error {code} for client garbage: {response[:300]!r}"
+        )
 
 
 # ---------------------------------------------------------------------------- WebSockets
@@ -183,7 +200,9 @@ def ws_handshake(srv: Server, path: str) -> socket.socket:
     return s
 
 
-def frame(opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True) -> bytes:
+def frame(
+    opcode: int, payload: bytes, *, fin: bool = True, rsv: int = 0, mask: bool = True
+) -> bytes:
     b0 = (0x80 if fin else 0) | (rsv & 7) << 4 | (opcode & 0xF)
     n = len(payload)
     if n < 126:
@@ -248,21 +267,56 @@ class ParkedClient:
 
 # ---------------------------------------------------------------------------- strategies
 
-methods = st.sampled_from(["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "BREW"]) | st.text(
-    alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=8
-)
+methods = st.sampled_from(
+    ["GET", "POST", "PUT", "DELETE", "HEAD", "OPTIONS", "PATCH", "BREW"]
+) | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=8)
 targets = st.sampled_from(
-    ["/", "/fuzz", "/room/fuzz", "/_stateroom/health", "/_stateroom/v1/processes", "*",
-     "http://x/fuzz", "/%ff%00", "//", "/plain", "/_stateroom/v1/objects/ROOM/zz"]
+    [
+        "/",
+        "/fuzz",
+        "/room/fuzz",
+        "/_stateroom/health",
+        "/_stateroom/v1/processes",
+        "*",
+        "http://x/fuzz",
+        "/%ff%00",
+        "//",
+        "/plain",
+        "/_stateroom/v1/objects/ROOM/zz",
+    ]
 ) | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=40)
 versions = st.sampled_from(["HTTP/1.1", "HTTP/1.0", "HTTP/2.0", "HTTP/1.1x", "", "HTTP/9"])
 header_names = st.sampled_from(
-    ["host", "content-length", "transfer-encoding", "connection", "upgrade", "authorization",
-     "sec-websocket-key", "sec-websocket-version", "expect", "cookie"]
+    [
+        "host",
+        "content-length",
+        "transfer-encoding",
+        "connection",
+        "upgrade",
+        "authorization",
+        "sec-websocket-key",
+        "sec-websocket-version",
+        "expect",
+        "cookie",
+    ]
 ) | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), min_size=0, max_size=12)
 header_values = st.sampled_from(
-    ["0", "5", "-1", "99999999999999999999", "chunked", "gzip, chunked", "websocket", "Upgrade",
-     "close", "keep-alive", "100-continue", "Bearer nope", "13", "x" * 300]
+    [
+        "0",
+        "5",
+        "-1",
+        "99999999999999999999",
+        "chunked",
+        "gzip, chunked",
+        "websocket",
+        "Upgrade",
+        "close",
+        "keep-alive",
+        "100-continue",
+        "Bearer nope",
+        "13",
+        "x" * 300,
+    ]
 ) | st.text(alphabet=st.characters(min_codepoint=0, max_codepoint=255), max_size=30)
 chunked_bodies = st.lists(
     st.tuples(st.binary(max_size=64), st.sampled_from(["ok", "bad-size", "no-crlf", "huge"])),

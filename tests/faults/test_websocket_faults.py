@@ -59,6 +59,8 @@ async def test_echoes_survive_repeated_worker_kills_once_each_and_in_order(state
                 nursery.start_soon(client, i)
             nursery.start_soon(killer)
     for i, seq in got.items():
-        assert seq == list(range(MESSAGES)), f"client c{i}: expected 0..{MESSAGES - 1} once each, got {seq}"
+        assert seq == list(range(MESSAGES)), (
+            f"client c{i}: expected 0..{MESSAGES - 1} once each, got {seq}"
+        )
     restarts = sum(p["restarts"] for p in await rt.processes() if p["role"] == "worker")
     assert restarts >= 1

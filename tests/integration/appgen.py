@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-CLASS = '''
+CLASS = """
 class {name}(DurableObject):
     async def fetch(self, request):
         count = (await self.ctx.storage.get("count") or 0) + 1
@@ -37,14 +37,14 @@ class {name}(DurableObject):
         while not os.path.exists(release):
             await trio.sleep(0.01)
         return VERSION
-'''
+"""
 
-DEFAULT = '''
+DEFAULT = """
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
         name = request.url_path.strip("/") or "global"
         return await getattr(self.env, {binding!r}).get_by_name(name).fetch(request)
-'''
+"""
 
 
 def toml_value(value: Any) -> str:
@@ -87,7 +87,12 @@ def write_app(
     (folder / "app.py").write_text("\n".join(code) + "\n")
     toml = ['name = "gen"', 'main = "app.py"', ""]
     for b, c in bindings.items():
-        toml += ["[[durable_objects.bindings]]", f"name = {toml_value(b)}", f"class_name = {toml_value(c)}", ""]
+        toml += [
+            "[[durable_objects.bindings]]",
+            f"name = {toml_value(b)}",
+            f"class_name = {toml_value(c)}",
+            "",
+        ]
     for m in migrations:
         toml.append("[[migrations]]")
         toml += [f"{k} = {toml_value(v)}" for k, v in m.items()]
@@ -96,7 +101,7 @@ def write_app(
     return folder / "stateroom.toml"
 
 
-ROOM = '''
+ROOM = """
 import trio
 from stateroom import DurableObject, Response, WebSocketPair
 
@@ -118,13 +123,17 @@ class Room(DurableObject):
 
     async def version(self):
         return VERSION
-'''
+"""
 
 
-def write_room_app(folder: Path, *, version: str, class_name: str = "Room", renamed_from: str | None = None) -> Path:
+def write_room_app(
+    folder: Path, *, version: str, class_name: str = "Room", renamed_from: str | None = None
+) -> Path:
     """An app with one WebSocket room class; replies carry the code version."""
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / "app.py").write_text(ROOM.format(version=version).replace("class Room(", f"class {class_name}("))
+    (folder / "app.py").write_text(
+        ROOM.format(version=version).replace("class Room(", f"class {class_name}(")
+    )
     toml = (
         'name = "rooms"\nmain = "app.py"\n\n[[durable_objects.bindings]]\nname = "ROOM"\n'
         f'class_name = "{class_name}"\n\n[[migrations]]\ntag = "v1"\nnew_sqlite_classes = ["{renamed_from or class_name}"]\n'

@@ -12,8 +12,16 @@ from tests.conftest import APPS
 
 METERS_APP = str(APPS / "meters" / "stateroom.toml")
 FIGURES = [
-    "requests", "ws_messages_in", "billable_requests", "cpu_ms", "active_s", "gb_s",
-    "rows_read", "rows_written", "stored_bytes", "cost_usd",
+    "requests",
+    "ws_messages_in",
+    "billable_requests",
+    "cpu_ms",
+    "active_s",
+    "gb_s",
+    "rows_read",
+    "rows_written",
+    "stored_bytes",
+    "cost_usd",
 ]
 DEFAULT_PRICES = {
     "requests_per_million": 0.15,
@@ -112,7 +120,9 @@ async def test_a_custom_price_file_prices_every_figure(tmp_path):
     }
     path = tmp_path / "prices.toml"
     path.write_text("".join(f"{k} = {v}\n" for k, v in prices.items()))
-    async with open_runtime(tmp_path / "data", workers=1, prices=str(path), config=METERS_APP) as rt:
+    async with open_runtime(
+        tmp_path / "data", workers=1, prices=str(path), config=METERS_APP
+    ) as rt:
         stub = rt.namespace("METER").get_by_name("custom")
         for _ in range(3):
             await stub.hit()
@@ -129,13 +139,29 @@ async def test_a_bad_price_file_stops_serve_with_one_clear_line(tmp_path):
     bad.write_text("requests_per_million = -1\n")
     unknown = tmp_path / "unknown.toml"
     unknown.write_text("requests_per_billion = 1\n")
-    for path, words in [(bad, "requests_per_million"), (unknown, "requests_per_billion"),
-                        (tmp_path / "missing.toml", "cannot read")]:
+    for path, words in [
+        (bad, "requests_per_million"),
+        (unknown, "requests_per_billion"),
+        (tmp_path / "missing.toml", "cannot read"),
+    ]:
         with trio.fail_after(60):
             proc = await trio.run_process(
-                [sys.executable, "-m", "stateroom.supervisor", "--data", str(tmp_path / "d"),
-                 "--port", "0", "--workers", "1", "--prices", str(path)],
-                capture_stdout=True, capture_stderr=True, check=False,
+                [
+                    sys.executable,
+                    "-m",
+                    "stateroom.supervisor",
+                    "--data",
+                    str(tmp_path / "d"),
+                    "--port",
+                    "0",
+                    "--workers",
+                    "1",
+                    "--prices",
+                    str(path),
+                ],
+                capture_stdout=True,
+                capture_stderr=True,
+                check=False,
             )
         err = proc.stderr.decode()
         assert proc.returncode != 0 and "--prices" in err and words in err, err
@@ -231,8 +257,14 @@ async def test_billing_windows_and_bad_parameters(stateroom_runtime):
     recent = (await api(rt, "/_stateroom/v1/billing", since="1h")).json()
     assert recent["total"]["requests"] == 1
     assert recent["since"].endswith("Z") and recent["until"].endswith("Z")
-    old = (await api(rt, "/_stateroom/v1/billing", since="2000-01-01T00:00:00Z",
-                     until="2000-01-02T00:00:00+00:00")).json()
+    old = (
+        await api(
+            rt,
+            "/_stateroom/v1/billing",
+            since="2000-01-01T00:00:00Z",
+            until="2000-01-02T00:00:00+00:00",
+        )
+    ).json()
     assert old["groups"] == [] and old["total"]["requests"] == 0
     for params, words in [
         ({"group_by": "shard"}, "group_by"),
@@ -252,16 +284,27 @@ async def test_billing_command_prints_a_table_and_the_json_document(stateroom_ru
         await rt.namespace("METER").get_by_name("cli").hit()
     base = [sys.executable, "-m", "stateroom", "billing", "--url", rt.url, "--token", rt.token]
     with trio.fail_after(60):
-        out = await trio.run_process([*base, "--json", "--group-by", "object", "--since", "1h"],
-                                     capture_stdout=True, capture_stderr=True)
+        out = await trio.run_process(
+            [*base, "--json", "--group-by", "object", "--since", "1h"],
+            capture_stdout=True,
+            capture_stderr=True,
+        )
         doc = json.loads(out.stdout)
         assert doc["group_by"] == "object" and group_of(doc, name="cli")["requests"] == 2
-        out = await trio.run_process([*base], capture_stdout=True, capture_stderr=True,
-                                     env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"})
+        out = await trio.run_process(
+            [*base],
+            capture_stdout=True,
+            capture_stderr=True,
+            env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"},
+        )
         text = out.stdout.decode()
         assert "Meter" in text and "TOTAL" in text, text
-        bad = await trio.run_process([*base, "--since", "last tuesday"], capture_stdout=True,
-                                     capture_stderr=True, check=False)
+        bad = await trio.run_process(
+            [*base, "--since", "last tuesday"],
+            capture_stdout=True,
+            capture_stderr=True,
+            check=False,
+        )
     err = bad.stderr.decode().strip()
     assert bad.returncode != 0 and len(err.splitlines()) == 1 and "bad time" in err, err
 

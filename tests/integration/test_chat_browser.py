@@ -33,7 +33,9 @@ async def wait_js(page, expression: str, what: str, timeout: float = 30):
                 await trio.sleep(0.05)
     except trio.TooSlowError:
         log = await page.evaluate(LOG_TEXT)
-        raise AssertionError(f"waiting for {what}: last {value!r}; log {log}; errors {page.errors}") from None
+        raise AssertionError(
+            f"waiting for {what}: last {value!r}; log {log}; errors {page.errors}"
+        ) from None
 
 
 async def type_and_send(page, text: str) -> None:
@@ -43,7 +45,13 @@ async def type_and_send(page, text: str) -> None:
     for kind in ("keyDown", "keyUp"):
         await page.send(
             "Input.dispatchKeyEvent",
-            {"type": kind, "key": "Enter", "code": "Enter", "windowsVirtualKeyCode": 13, "text": "\r"},
+            {
+                "type": kind,
+                "key": "Enter",
+                "code": "Enter",
+                "windowsVirtualKeyCode": 13,
+                "text": "\r",
+            },
         )
 
 
@@ -57,26 +65,47 @@ async def test_message_typed_in_one_tab_appears_in_the_other(stateroom_runtime, 
     rt = stateroom_runtime
     (tmp_path / "alice").mkdir()
     (tmp_path / "bob").mkdir()
-    async with open_page(tmp_path / "alice", width=900, height=700) as alice, open_page(
-        tmp_path / "bob", width=900, height=700
-    ) as bob:
+    async with (
+        open_page(tmp_path / "alice", width=900, height=700) as alice,
+        open_page(tmp_path / "bob", width=900, height=700) as bob,
+    ):
         await alice.navigate(f"{rt.url}/?room=browsers&name=alice")
-        await wait_js(alice, "document.getElementById('status')?.className === 'connected'", "alice to connect")
+        await wait_js(
+            alice,
+            "document.getElementById('status')?.className === 'connected'",
+            "alice to connect",
+        )
         await bob.navigate(f"{rt.url}/?room=browsers&name=bob")
-        await wait_js(bob, "document.getElementById('status')?.className === 'connected'", "bob to connect")
-        await wait_js(alice, "document.getElementById('online')?.textContent.includes('bob')", "alice to see bob join")
+        await wait_js(
+            bob, "document.getElementById('status')?.className === 'connected'", "bob to connect"
+        )
+        await wait_js(
+            alice,
+            "document.getElementById('online')?.textContent.includes('bob')",
+            "alice to see bob join",
+        )
 
         await type_and_send(alice, "hello from alice")
-        await wait_js(bob, f"{LOG_TEXT}.some(t => t.endsWith('alice:hello from alice'))", "bob to see alice's message")
+        await wait_js(
+            bob,
+            f"{LOG_TEXT}.some(t => t.endsWith('alice:hello from alice'))",
+            "bob to see alice's message",
+        )
         await type_and_send(bob, "hi alice")
-        await wait_js(alice, f"{LOG_TEXT}.some(t => t.endsWith('bob:hi alice'))", "alice to see bob's reply")
+        await wait_js(
+            alice, f"{LOG_TEXT}.some(t => t.endsWith('bob:hi alice'))", "alice to see bob's reply"
+        )
 
         # Let the room hibernate with both tabs connected, then talk again.
         with trio.fail_after(30):
             while await objects_active(rt):
                 await trio.sleep(0.05)
         await type_and_send(bob, "still there?")
-        await wait_js(alice, f"{LOG_TEXT}.some(t => t.endsWith('bob:still there?'))", "alice to see a message after hibernation")
+        await wait_js(
+            alice,
+            f"{LOG_TEXT}.some(t => t.endsWith('bob:still there?'))",
+            "alice to see a message after hibernation",
+        )
         assert await alice.evaluate("document.getElementById('status').className") == "connected"
         await alice.screenshot(ARTIFACTS / "chat-alice.png")
         assert alice.errors == [] and bob.errors == [], (alice.errors, bob.errors)

@@ -35,9 +35,13 @@ async def test_dashboard_takes_the_token_once_then_a_strict_http_only_cookie(sta
     rt = stateroom_runtime
     async with httpx.AsyncClient(base_url=rt.url) as http:
         assert (await http.get("/_stateroom/dashboard")).status_code == 401
-        assert (await http.get("/_stateroom/dashboard", params={"token": "wrong"})).status_code == 401
+        assert (
+            await http.get("/_stateroom/dashboard", params={"token": "wrong"})
+        ).status_code == 401
         # ?token= opens only the dashboard, not the API.
-        assert (await http.get("/_stateroom/v1/processes", params={"token": rt.token})).status_code == 401
+        assert (
+            await http.get("/_stateroom/v1/processes", params={"token": rt.token})
+        ).status_code == 401
         r = await http.get("/_stateroom/dashboard", params={"token": rt.token})
         assert r.status_code == 200 and "text/html" in r.headers["content-type"]
         cookie = r.headers["set-cookie"]

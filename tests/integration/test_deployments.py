@@ -157,7 +157,10 @@ async def test_rollback_restores_earlier_code_under_a_new_deployment_number(
     assert await stub.version() == "v2"
     history = await rt.client.deployments()
     assert [(d["version"], d["current"]) for d in history] == [
-        (1, False), (2, False), (3, False), (4, True)
+        (1, False),
+        (2, False),
+        (3, False),
+        (4, True),
     ]
     assert history[2]["note"] == "rollback to 1" and history[3]["note"] == "rollback to 2"
     assert history[0]["sha256"] == history[2]["sha256"]
@@ -171,7 +174,10 @@ def cli(rt, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env.pop("STATEROOM_TOKEN", None)
     return subprocess.run(
         [sys.executable, "-m", "stateroom", *args, "--url", rt.url, "--token", rt.token],
-        capture_output=True, text=True, timeout=60, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
     )
 
 
@@ -179,7 +185,9 @@ def cli(rt, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 async def test_cli_lists_deployments_and_rolls_back(stateroom_runtime, tmp_path):
     rt = stateroom_runtime
     for v in ("v1", "v2"):
-        out = await trio.to_thread.run_sync(cli, rt, "deploy", str(write_app(tmp_path / v, version=v)))
+        out = await trio.to_thread.run_sync(
+            cli, rt, "deploy", str(write_app(tmp_path / v, version=v))
+        )
         assert out.returncode == 0, out.stderr
     assert "deployed version 2" in out.stdout
 
@@ -202,7 +210,9 @@ async def test_cli_lists_deployments_and_rolls_back(stateroom_runtime, tmp_path)
 
 
 @pytest.mark.stateroom(workers=1)
-async def test_cli_deploy_of_a_module_that_fails_to_import_exits_non_zero(stateroom_runtime, tmp_path):
+async def test_cli_deploy_of_a_module_that_fails_to_import_exits_non_zero(
+    stateroom_runtime, tmp_path
+):
     rt = stateroom_runtime
     await rt.deploy(write_app(tmp_path / "v1", version="v1"))
     out = await trio.to_thread.run_sync(cli, rt, "deploy", str(APPS / "broken" / "stateroom.toml"))
@@ -229,13 +239,18 @@ async def test_module_the_server_cannot_unpickle_is_a_400_and_old_code_keeps_ser
     (site / "client_only_dep").mkdir(parents=True)
     (site / "client_only_dep" / "__init__.py").write_text("class Helper:\n    value = 5\n")
     app = write_app(
-        tmp_path / "v2", version="v2",
+        tmp_path / "v2",
+        version="v2",
         extra="import client_only_dep\nHELPER = client_only_dep.Helper\n",
     )
     # The class refers to the third-party module by reference (pickled by name).
-    text = (app.parent / "app.py").read_text().replace(
-        "    async def version(self):\n        return VERSION",
-        "    async def version(self):\n        return VERSION + str(HELPER.value)",
+    text = (
+        (app.parent / "app.py")
+        .read_text()
+        .replace(
+            "    async def version(self):\n        return VERSION",
+            "    async def version(self):\n        return VERSION + str(HELPER.value)",
+        )
     )
     (app.parent / "app.py").write_text(text)
 
@@ -277,10 +292,16 @@ async def test_rollback_across_a_rename_is_refused_naming_the_class_and_changes_
     v1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
     await rt.deploy(write_app(tmp_path / "v1", version="v1", migrations=v1))
     await rt.namespace("COUNTER").get_by_name("k").increment(2)
-    await rt.deploy(write_app(
-        tmp_path / "v2", version="v2", classes=("Tally",), bindings={"COUNTER": "Tally"},
-        migrations=v1 + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
-    ))
+    await rt.deploy(
+        write_app(
+            tmp_path / "v2",
+            version="v2",
+            classes=("Tally",),
+            bindings={"COUNTER": "Tally"},
+            migrations=v1
+            + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
+        )
+    )
     with pytest.raises(stateroom.DeployError, match="cannot roll back to version 1: .*'Counter'"):
         await rt.client.rollback()
     assert len(await rt.client.deployments()) == 2
@@ -294,7 +315,10 @@ async def test_renaming_a_class_under_load_loses_no_request(stateroom_runtime, t
     v1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
     await rt.deploy(write_app(tmp_path / "v1", version="v1", migrations=v1))
     renamed = write_app(
-        tmp_path / "v2", version="v2", classes=("Tally",), bindings={"COUNTER": "Tally"},
+        tmp_path / "v2",
+        version="v2",
+        classes=("Tally",),
+        bindings={"COUNTER": "Tally"},
         migrations=v1 + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
     )
     names = [f"ren-{i}" for i in range(6)]

@@ -45,7 +45,9 @@ class DevProcess:
                 await trio.sleep(0.02)
 
 
-async def get_until(http: httpx.AsyncClient, path: str, prefix: str, dev: DevProcess, timeout: float = 30) -> str:
+async def get_until(
+    http: httpx.AsyncClient, path: str, prefix: str, dev: DevProcess, timeout: float = 30
+) -> str:
     last = None
     with trio.move_on_after(timeout):
         while True:
@@ -72,9 +74,23 @@ async def test_dev_mode_redeploys_on_edit_and_keeps_last_good_code_on_import_err
     env = dict(os.environ)
     env.pop("STATEROOM_TOKEN", None)
     process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "stateroom", "dev", str(config), "--port", "0", "--data", str(data),
-         "--workers", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, env=env,
+        [
+            sys.executable,
+            "-m",
+            "stateroom",
+            "dev",
+            str(config),
+            "--port",
+            "0",
+            "--data",
+            str(data),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+        env=env,
         cwd=str(tmp_path),
     )
     dev = DevProcess(process)
@@ -101,7 +117,7 @@ async def test_dev_mode_redeploys_on_edit_and_keeps_last_good_code_on_import_err
                 app_py.write_text(good + "\nraise RuntimeError('half-written edit')\n")
                 await dev.wait_for(dev.stderr, "RuntimeError: half-written edit")
                 assert any("still serving version 2" in line for line in dev.stderr), dev.output()
-                assert any("app.py\", line" in line for line in dev.stderr), dev.output()
+                assert any('app.py", line' in line for line in dev.stderr), dev.output()
                 assert (await http.get("/a")).text.startswith("v2:")
 
                 app_py.write_text(rewrite(good, "VERSION = 'v2'", "VERSION = 'v3'"))
@@ -126,7 +142,9 @@ async def test_dev_mode_with_a_missing_config_exits_non_zero_with_one_line(tmp_p
     out = await trio.to_thread.run_sync(
         lambda: subprocess.run(
             [sys.executable, "-m", "stateroom", "dev", str(tmp_path / "nope.toml")],
-            capture_output=True, text=True, timeout=60,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     )
     assert out.returncode != 0
@@ -134,7 +152,9 @@ async def test_dev_mode_with_a_missing_config_exits_non_zero_with_one_line(tmp_p
 
 
 def test_dev_arguments_split_config_from_serve_flags():
-    assert split_args(["--port", "0", "app/stateroom.toml", "--debug", "--workers=2", "--data", "d"]) == (
+    assert split_args(
+        ["--port", "0", "app/stateroom.toml", "--debug", "--workers=2", "--data", "d"]
+    ) == (
         "app/stateroom.toml",
         ["--port", "0", "--debug", "--workers=2", "--data", "d"],
         {"--data": "d"},

@@ -26,7 +26,9 @@ def object_files(rt, ns_key: int | None = None) -> list[str]:
     root = rt.data / "objects"
     if ns_key is not None:
         root = root / str(ns_key)
-    return sorted(str(p.relative_to(rt.data)) for p in root.rglob("*.sqlite")) if root.is_dir() else []
+    return (
+        sorted(str(p.relative_to(rt.data)) for p in root.rglob("*.sqlite")) if root.is_dir() else []
+    )
 
 
 async def namespace_classes(rt) -> dict[str, str]:
@@ -52,7 +54,8 @@ async def test_renamed_class_keeps_ids_and_data(stateroom_runtime, tmp_path):
             tmp_path / "b",
             classes=("Tally",),
             bindings={"COUNTER": "Tally"},
-            migrations=V1 + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
+            migrations=V1
+            + [{"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}]}],
         )
     )
     assert result["applied"] == ["v2"]
@@ -72,7 +75,9 @@ async def test_deleted_class_loses_every_object_and_file_and_a_recreated_class_s
 ):
     rt = stateroom_runtime
     both = {"COUNTER": "Counter", "OTHER": "Other"}
-    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO))
+    await rt.deploy(
+        write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO)
+    )
     for i in range(6):
         await rt.namespace("OTHER").get_by_name(f"o{i}").increment(10)
         await rt.namespace("COUNTER").get_by_name(f"c{i}").increment(1)
@@ -85,9 +90,7 @@ async def test_deleted_class_loses_every_object_and_file_and_a_recreated_class_s
     assert len(object_files(rt, other_key)) == 6
 
     migrations = TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]
-    result = await rt.deploy(
-        write_app(tmp_path / "b", classes=("Counter",), migrations=migrations)
-    )
+    result = await rt.deploy(write_app(tmp_path / "b", classes=("Counter",), migrations=migrations))
     assert result["applied"] == ["v2"]
     assert not (rt.data / "objects" / str(other_key)).exists(), "deleted class's files remain"
     assert object_files(rt, counter_key) == counter_files
@@ -98,7 +101,11 @@ async def test_deleted_class_loses_every_object_and_file_and_a_recreated_class_s
 
     # A later migration may create the name again: a new, empty class.
     migrations += [{"tag": "v3", "new_classes": ["Other"]}]
-    await rt.deploy(write_app(tmp_path / "c", classes=("Counter", "Other"), bindings=both, migrations=migrations))
+    await rt.deploy(
+        write_app(
+            tmp_path / "c", classes=("Counter", "Other"), bindings=both, migrations=migrations
+        )
+    )
     again = rt.namespace("OTHER").get_by_name("o0")
     assert await again.get() == 0, "a re-created class must start empty"
     assert await rt.list_object_ids("OTHER") == []
@@ -108,8 +115,15 @@ async def test_deleted_class_loses_every_object_and_file_and_a_recreated_class_s
 @pytest.mark.stateroom(workers=2)
 async def test_refused_deploys_name_the_class_and_change_nothing(stateroom_runtime, tmp_path):
     rt = stateroom_runtime
-    await rt.deploy(write_app(tmp_path / "a", version="v1", classes=("Counter", "Other"),
-                              bindings={"COUNTER": "Counter", "OTHER": "Other"}, migrations=TWO))
+    await rt.deploy(
+        write_app(
+            tmp_path / "a",
+            version="v1",
+            classes=("Counter", "Other"),
+            bindings={"COUNTER": "Counter", "OTHER": "Other"},
+            migrations=TWO,
+        )
+    )
     await rt.namespace("OTHER").get_by_name("keep").increment(5)
     await rt.namespace("COUNTER").get_by_name("keep").increment(2)
     before = (await rt.client.deployments(), bundle_files(rt), object_files(rt))
@@ -119,23 +133,29 @@ async def test_refused_deploys_name_the_class_and_change_nothing(stateroom_runti
         "'Other' still has data": write_app(tmp_path / "r1", classes=("Counter",), migrations=TWO),
         # Binds a class no migration created.
         "'Ghost' was not created by any migration": write_app(
-            tmp_path / "r2", classes=("Counter", "Other", "Ghost"),
-            bindings={"COUNTER": "Counter", "OTHER": "Other", "GHOST": "Ghost"}, migrations=TWO,
+            tmp_path / "r2",
+            classes=("Counter", "Other", "Ghost"),
+            bindings={"COUNTER": "Counter", "OTHER": "Other", "GHOST": "Ghost"},
+            migrations=TWO,
         ),
         # Deletes a class the config still binds.
         "'Other' is deleted by migration 'v2'": write_app(
-            tmp_path / "r3", classes=("Counter", "Other"),
+            tmp_path / "r3",
+            classes=("Counter", "Other"),
             bindings={"COUNTER": "Counter", "OTHER": "Other"},
             migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}],
         ),
         # Binds a class the module does not define.
         "'Counter' is not defined in the module": write_app(
-            tmp_path / "r4", classes=("Other",), bindings={"COUNTER": "Counter", "OTHER": "Other"},
+            tmp_path / "r4",
+            classes=("Other",),
+            bindings={"COUNTER": "Counter", "OTHER": "Other"},
             migrations=TWO,
         ),
         # A migration that does not fit the classes that exist.
         "cannot rename unknown class 'Nope'": write_app(
-            tmp_path / "r5", classes=("Counter", "Other"),
+            tmp_path / "r5",
+            classes=("Counter", "Other"),
             bindings={"COUNTER": "Counter", "OTHER": "Other"},
             migrations=TWO + [{"tag": "v2", "renamed_classes": [{"from": "Nope", "to": "Other2"}]}],
         ),
@@ -151,8 +171,11 @@ async def test_refused_deploys_name_the_class_and_change_nothing(stateroom_runti
     assert await rt.namespace("OTHER").get_by_name("keep").version() == "v1"
     assert await rt.namespace("COUNTER").get_by_name("keep").increment() == 3
     plan = await rt.client.deploy(
-        write_app(tmp_path / "ok", classes=("Counter",),
-                  migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]),
+        write_app(
+            tmp_path / "ok",
+            classes=("Counter",),
+            migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}],
+        ),
         dry_run=True,
     )
     assert plan["plan"]["apply"] == ["v2"]
@@ -170,10 +193,20 @@ async def test_each_migration_tag_is_applied_once_in_order(stateroom_runtime, tm
     # In one deploy: create a class, then rename it, then rename Counter: order matters.
     migrations = V1 + [
         {"tag": "v2", "new_classes": ["Draft"]},
-        {"tag": "v3", "renamed_classes": [{"from": "Draft", "to": "Final"}, {"from": "Counter", "to": "Tally"}]},
+        {
+            "tag": "v3",
+            "renamed_classes": [
+                {"from": "Draft", "to": "Final"},
+                {"from": "Counter", "to": "Tally"},
+            ],
+        },
     ]
-    config = write_app(tmp_path / "b", classes=("Tally", "Final"),
-                       bindings={"COUNTER": "Tally", "FINAL": "Final"}, migrations=migrations)
+    config = write_app(
+        tmp_path / "b",
+        classes=("Tally", "Final"),
+        bindings={"COUNTER": "Tally", "FINAL": "Final"},
+        migrations=migrations,
+    )
     result = await rt.deploy(config)
     assert result["applied"] == ["v2", "v3"]
     assert await namespace_classes(rt) == {"COUNTER": "Tally", "FINAL": "Final"}
@@ -188,25 +221,39 @@ def cli(rt, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = dict(os.environ, **(env or {}))
     return subprocess.run(
         [sys.executable, "-m", "stateroom", *args, "--url", rt.url, "--token", rt.token],
-        capture_output=True, text=True, timeout=60, env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=full_env,
     )
 
 
 @pytest.mark.stateroom(workers=1)
 async def test_deploy_dry_run_prints_the_plan_and_changes_nothing(stateroom_runtime, tmp_path):
     rt = stateroom_runtime
-    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Old"),
-                              bindings={"COUNTER": "Counter"},
-                              migrations=[{"tag": "v1", "new_classes": ["Counter", "Old"]}]))
+    await rt.deploy(
+        write_app(
+            tmp_path / "a",
+            classes=("Counter", "Old"),
+            bindings={"COUNTER": "Counter"},
+            migrations=[{"tag": "v1", "new_classes": ["Counter", "Old"]}],
+        )
+    )
     await rt.namespace("COUNTER").get_by_name("n").increment(3)
     before = (await rt.client.deployments(), bundle_files(rt), object_files(rt))
     config = write_app(
-        tmp_path / "b", version="v2", classes=("Tally", "Fresh"),
+        tmp_path / "b",
+        version="v2",
+        classes=("Tally", "Fresh"),
         bindings={"COUNTER": "Tally", "FRESH": "Fresh"},
         migrations=[
             {"tag": "v1", "new_classes": ["Counter", "Old"]},
-            {"tag": "v2", "renamed_classes": [{"from": "Counter", "to": "Tally"}],
-             "new_classes": ["Fresh"], "deleted_classes": ["Old"]},
+            {
+                "tag": "v2",
+                "renamed_classes": [{"from": "Counter", "to": "Tally"}],
+                "new_classes": ["Fresh"],
+                "deleted_classes": ["Old"],
+            },
         ],
     )
     out = await trio.to_thread.run_sync(cli, rt, "deploy", str(config), "--dry-run")
@@ -223,9 +270,15 @@ async def test_deploy_dry_run_prints_the_plan_and_changes_nothing(stateroom_runt
     assert await rt.namespace("COUNTER").get_by_name("n").version() == "v1"
 
     # A dry run of a deploy that would be refused says why and exits non-zero.
-    bad = write_app(tmp_path / "c", classes=("Fresh",), bindings={"FRESH": "Fresh"},
-                    migrations=[{"tag": "v1", "new_classes": ["Counter", "Old"]},
-                                {"tag": "v2", "new_classes": ["Fresh"]}])
+    bad = write_app(
+        tmp_path / "c",
+        classes=("Fresh",),
+        bindings={"FRESH": "Fresh"},
+        migrations=[
+            {"tag": "v1", "new_classes": ["Counter", "Old"]},
+            {"tag": "v2", "new_classes": ["Fresh"]},
+        ],
+    )
     out = await trio.to_thread.run_sync(cli, rt, "deploy", str(bad), "--dry-run")
     assert out.returncode != 0
     assert "'Counter' still has data" in out.stderr
@@ -238,7 +291,9 @@ async def test_deleting_a_class_fails_its_busy_objects_calls_and_removes_their_f
 ):
     rt = stateroom_runtime
     both = {"COUNTER": "Counter", "OTHER": "Other"}
-    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO))
+    await rt.deploy(
+        write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO)
+    )
     other = rt.namespace("OTHER").get_by_name("busy")
     await other.increment(1)
     [path] = (rt.data / "objects").rglob(f"{other.id}.sqlite")
@@ -256,8 +311,13 @@ async def test_deleting_a_class_fails_its_busy_objects_calls_and_removes_their_f
         with trio.fail_after(20):
             while not started.exists():
                 await trio.sleep(0.01)
-        await rt.deploy(write_app(tmp_path / "b", classes=("Counter",),
-                                  migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]))
+        await rt.deploy(
+            write_app(
+                tmp_path / "b",
+                classes=("Counter",),
+                migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}],
+            )
+        )
     assert len(errors) == 1, "the call in flight on a deleted class must fail, not hang"
     assert not path.parent.exists(), f"{path.parent} survived the deletion of its class"
 
@@ -266,12 +326,19 @@ async def test_deleting_a_class_fails_its_busy_objects_calls_and_removes_their_f
 async def test_restart_sweeps_files_a_crash_mid_deploy_left_behind(stateroom_runtime, tmp_path):
     rt = stateroom_runtime
     both = {"COUNTER": "Counter", "OTHER": "Other"}
-    await rt.deploy(write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO))
+    await rt.deploy(
+        write_app(tmp_path / "a", classes=("Counter", "Other"), bindings=both, migrations=TWO)
+    )
     other = rt.namespace("OTHER").get_by_name("gone")
     await other.increment(1)
     [path] = (rt.data / "objects").rglob(f"{other.id}.sqlite")
-    await rt.deploy(write_app(tmp_path / "b", classes=("Counter",),
-                              migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}]))
+    await rt.deploy(
+        write_app(
+            tmp_path / "b",
+            classes=("Counter",),
+            migrations=TWO + [{"tag": "v2", "deleted_classes": ["Other"]}],
+        )
+    )
     await rt.stop(kill=True)
     # What a kill -9 between recording a deploy and finishing it can leave behind.
     path.parent.mkdir(parents=True)

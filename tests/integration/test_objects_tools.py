@@ -22,7 +22,9 @@ def store(rt, name):
 
 async def fill(s) -> None:
     await s.call("put", {"a": 1, "é": (1, "x"), "bytes": b"\x00\x01"})
-    await s.sql("CREATE TABLE t(x INTEGER PRIMARY KEY, y TEXT); INSERT INTO t(y) VALUES ('one'), ('two')")
+    await s.sql(
+        "CREATE TABLE t(x INTEGER PRIMARY KEY, y TEXT); INSERT INTO t(y) VALUES ('one'), ('two')"
+    )
 
 
 async def snapshot(s) -> dict:
@@ -76,7 +78,9 @@ async def test_export_is_consistent_while_the_object_serves(stateroom_runtime):
     for data in exported:
         conn = apsw.Connection(":memory:")
         conn.deserialize("main", data)
-        rows = {k: _codec.decode(v) for k, v in conn.execute("SELECT key, value FROM _stateroom_kv")}
+        rows = {
+            k: _codec.decode(v) for k, v in conn.execute("SELECT key, value FROM _stateroom_kv")
+        }
         conn.close()
         assert rows.get(b"a") == rows.get(b"b"), f"an export split one turn's writes: {rows}"
         seen.add(rows.get(b"a"))

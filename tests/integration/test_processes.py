@@ -10,8 +10,16 @@ from tests.conftest import APPS
 
 METERS_APP = str(APPS / "meters" / "stateroom.toml")
 FIELDS = {
-    "pid", "role", "shards", "cpu_percent", "cpu_seconds", "rss_bytes",
-    "objects_active", "sockets_parked", "restarts", "uptime_s",
+    "pid",
+    "role",
+    "shards",
+    "cpu_percent",
+    "cpu_seconds",
+    "rss_bytes",
+    "objects_active",
+    "sockets_parked",
+    "restarts",
+    "uptime_s",
 }
 
 

@@ -50,7 +50,9 @@ async def test_cursor_gives_rows_columns_and_counts(stateroom_runtime):
     indexed = await s.sql("SELECT id FROM users WHERE name = 'ann'")
     assert indexed["rows"] == [{"id": 1}] and indexed["read"] <= 2
     assert await s.database_size() > 0
-    master = await s.sql("SELECT type, name FROM sqlite_master WHERE name LIKE 'users%' ORDER BY name")
+    master = await s.sql(
+        "SELECT type, name FROM sqlite_master WHERE name LIKE 'users%' ORDER BY name"
+    )
     assert master["rows"] == [
         {"type": "table", "name": "users"},
         {"type": "index", "name": "users_name"},

@@ -59,8 +59,16 @@ async def test_top_once_renders_processes_and_busiest_objects_in_a_terminal(stat
     )
     assert code == 0, screen
     assert "\x1b[" in screen, "rich should draw with terminal escapes in a pty"
-    for needle in ["processes", "supervisor", "worker 0", "worker 1", "busiest by CPU",
-                   "busiest by requests", "hot-object", "chatty-object"]:
+    for needle in [
+        "processes",
+        "supervisor",
+        "worker 0",
+        "worker 1",
+        "busiest by CPU",
+        "busiest by requests",
+        "hot-object",
+        "chatty-object",
+    ]:
         assert needle in screen, f"{needle!r} missing from:\n{screen}"
     for p in procs:
         assert str(p["pid"]) in screen, f"pid {p['pid']} missing from:\n{screen}"

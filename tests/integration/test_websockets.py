@@ -48,7 +48,9 @@ async def wait_gauges(rt, predicate, what: str) -> tuple[int, int]:
                     return seen
                 await trio.sleep(0.05)
     except trio.TooSlowError:
-        raise AssertionError(f"waiting for {what}: last (objects_active, sockets_parked) = {seen}") from None
+        raise AssertionError(
+            f"waiting for {what}: last (objects_active, sockets_parked) = {seen}"
+        ) from None
 
 
 async def room_info(rt, name: str) -> dict:
@@ -90,7 +92,9 @@ class RawClient:
     async def connect(cls, rt, path: str, extra_headers=()) -> RawClient:
         stream = await trio.open_tcp_stream("127.0.0.1", rt.port)
         conn = WSConnection(ConnectionType.CLIENT)
-        await stream.send_all(conn.send(Request(host="127.0.0.1", target=path, extra_headers=list(extra_headers))))
+        await stream.send_all(
+            conn.send(Request(host="127.0.0.1", target=path, extra_headers=list(extra_headers)))
+        )
         client = cls(stream, conn)
         event = await client.next_event()
         if not isinstance(event, AcceptConnection):
@@ -143,7 +147,9 @@ async def test_sdk_stub_opens_a_socket_straight_to_the_object(stateroom_runtime)
 
 
 @pytest.mark.stateroom(config=APP, workers=2)
-async def test_broadcast_reaches_twenty_clients_with_every_message_in_order_per_sender(stateroom_runtime):
+async def test_broadcast_reaches_twenty_clients_with_every_message_in_order_per_sender(
+    stateroom_runtime,
+):
     rt = stateroom_runtime
     clients, per_sender = 20, 5
     received: dict[int, list[str]] = {i: [] for i in range(clients)}
@@ -218,7 +224,9 @@ async def test_accept_refuses_more_than_ten_tags_or_a_tag_over_256_chars(statero
                 pass
         assert info.value.status_code == 500
         assert b"ValueError" in info.value.body and needle.encode() in info.value.body
-    async with open_websocket_url(ws_url(rt, "/room/limits?tags=" + ",".join(["y" * 256] * 10))) as ws:
+    async with open_websocket_url(
+        ws_url(rt, "/room/limits?tags=" + ",".join(["y" * 256] * 10))
+    ) as ws:
         assert len(json.loads(await exchange(ws, "tags"))) == 10
 
 
@@ -252,7 +260,9 @@ async def test_sdk_socket_route_needs_the_token_and_a_valid_handshake(stateroom_
     import httpx
 
     async with httpx.AsyncClient(base_url=rt.url) as http:
-        r = await http.get("/room/guarded", headers={"upgrade": "websocket", "connection": "upgrade"})
+        r = await http.get(
+            "/room/guarded", headers={"upgrade": "websocket", "connection": "upgrade"}
+        )
         assert r.status_code == 426 and "Sec-WebSocket-Version" in r.text
     _, parked = await gauges(rt)
     assert parked == 0
@@ -354,10 +364,16 @@ async def test_hibernation_frees_the_instance_while_its_sockets_stay_open(stater
         assert first["constructed"] == 1 and first["sockets"] == 3
         await wait_gauges(rt, lambda active, parked: active >= 1, "the room to be reported active")
         await wait_gauges(
-            rt, lambda active, parked: active == 0 and parked == 3, "the room to hibernate, sockets parked"
+            rt,
+            lambda active, parked: active == 0 and parked == 3,
+            "the room to hibernate, sockets parked",
         )
         procs = await rt.processes()
-        owner = next(p for p in procs if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"])
+        owner = next(
+            p
+            for p in procs
+            if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"]
+        )
         assert owner["sockets_parked"] == 3 and owner["objects_active"] == 0
         assert sum(p["sockets_parked"] for p in procs if p["role"] == "worker") == 3
         woke = json.loads(await exchange(b, "info"))
@@ -373,13 +389,17 @@ async def test_hibernation_frees_the_instance_while_its_sockets_stay_open(stater
 
 
 @pytest.mark.stateroom(config=APP, workers=2, hibernate_after=1)
-async def test_auto_response_is_answered_while_hibernated_without_waking_the_object(stateroom_runtime):
+async def test_auto_response_is_answered_while_hibernated_without_waking_the_object(
+    stateroom_runtime,
+):
     rt = stateroom_runtime
     async with open_websocket_url(ws_url(rt, "/room/auto?who=a")) as ws:
         assert await exchange(ws, "auto") == "auto set"
         assert json.loads(await exchange(ws, "autots")) is None
         await wait_gauges(rt, lambda active, parked: active >= 1, "the room to be reported active")
-        await wait_gauges(rt, lambda active, parked: active == 0 and parked == 1, "the room to hibernate")
+        await wait_gauges(
+            rt, lambda active, parked: active == 0 and parked == 1, "the room to hibernate"
+        )
         for _ in range(3):
             assert await exchange(ws, "ping") == "pong"
         active, parked = await gauges(rt)
@@ -417,7 +437,9 @@ async def test_sockets_survive_a_kill_of_the_owning_worker_and_the_next_message_
 @pytest.mark.stateroom(config=APP, workers=2)
 async def test_subprotocol_chosen_by_the_object_reaches_the_client(stateroom_runtime):
     rt = stateroom_runtime
-    async with open_websocket_url(ws_url(rt, "/room/proto"), subprotocols=["chat.v2", "chat.v1"]) as ws:
+    async with open_websocket_url(
+        ws_url(rt, "/room/proto"), subprotocols=["chat.v2", "chat.v1"]
+    ) as ws:
         assert ws.subprotocol == "chat.v2"
         assert await exchange(ws, "echo:ok") == "ok"
 
@@ -436,12 +458,18 @@ async def test_event_timeout_cancels_a_slow_socket_handler(stateroom_runtime):
 
 
 @pytest.mark.stateroom(config=APP, workers=2, fault_injection=True)
-async def test_crash_during_socket_delivery_keeps_the_socket_and_delivers_the_message(stateroom_runtime):
+async def test_crash_during_socket_delivery_keeps_the_socket_and_delivers_the_message(
+    stateroom_runtime,
+):
     rt = stateroom_runtime
     stub = rt.namespace("ROOM").get_by_name("faulty")
     async with stub.web_socket("/?who=f") as ws:
         assert await exchange(ws, "echo:first") == "first"
-        pid = next(p["pid"] for p in await rt.processes() if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"])
+        pid = next(
+            p["pid"]
+            for p in await rt.processes()
+            if p["role"] == "worker" and int(str(stub.id)[:8], 16) % 256 in p["shards"]
+        )
         await rt.inject("during_socket_delivery", stub)
         # The owning worker dies while delivering this message; the message had no
         # durable effect, so the supervisor hands it to the restarted worker.
@@ -458,8 +486,12 @@ async def test_a_close_wakes_a_hibernated_object_with_the_sockets_attachment(sta
     async with stub.web_socket("/?who=stayer") as stayer:
         async with stub.web_socket("/?who=leaver") as leaver:
             assert await exchange(leaver, "echo:x") == "x"
-            await wait_gauges(rt, lambda active, parked: active >= 1, "the room to be reported active")
-            await wait_gauges(rt, lambda active, parked: active == 0 and parked == 2, "the room to hibernate")
+            await wait_gauges(
+                rt, lambda active, parked: active >= 1, "the room to be reported active"
+            )
+            await wait_gauges(
+                rt, lambda active, parked: active == 0 and parked == 2, "the room to hibernate"
+            )
             await leaver.aclose(code=4005, reason="night")
         with trio.fail_after(15):
             assert await stayer.get_message() == "closed:4005:True"

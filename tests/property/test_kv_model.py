@@ -115,7 +115,12 @@ class KvMachine(RuleBasedStateMachine):
         if start is not None and start_after is not None:
             start_after = None
         got = self.db.kv_list(
-            start=start, start_after=start_after, end=end, prefix=prefix, reverse=reverse, limit=limit
+            start=start,
+            start_after=start_after,
+            end=end,
+            prefix=prefix,
+            reverse=reverse,
+            limit=limit,
         )
         want = model_list(self.current, start, start_after, end, prefix, reverse, limit)
         assert list(got.items()) == want

@@ -84,7 +84,9 @@ async def test_ledger_sums_per_object_and_class_before_and_after_persisting(tmp_
     a, b = "a" * 64, "b" * 64
     now = time.time()
     m.record([row(a, req=3, ws=40, cpu=1.5, act=2.0, rr=10, rw=4, size=4096)], now=now - 120)
-    m.record([row(a, req=2, cpu=0.5, act=1.0, size=8192), row(b, req=1, act=0.5, size=100)], now=now)
+    m.record(
+        [row(a, req=2, cpu=0.5, act=1.0, size=8192), row(b, req=1, act=0.5, size=100)], now=now
+    )
     before = await m.billing(group_by="object")
     m.persist()
     assert m.pending == {}
@@ -93,7 +95,12 @@ async def test_ledger_sums_per_object_and_class_before_and_after_persisting(tmp_
         groups = {g["object"]: g for g in doc["groups"]}
         ga = groups[a]
         assert ga["class"] == "Room" and ga["name"] == "alice"
-        assert (ga["requests"], ga["ws_messages_in"], ga["rows_read"], ga["rows_written"]) == (5, 40, 10, 4)
+        assert (ga["requests"], ga["ws_messages_in"], ga["rows_read"], ga["rows_written"]) == (
+            5,
+            40,
+            10,
+            4,
+        )
         assert ga["billable_requests"] == 5 + 40 / 20
         assert ga["cpu_ms"] == 2.0 and ga["active_s"] == 3.0 and ga["gb_s"] == 3.0 * 0.125
         assert ga["stored_bytes"] == 8192
@@ -105,7 +112,9 @@ async def test_ledger_sums_per_object_and_class_before_and_after_persisting(tmp_
     assert by_class["groups"][0]["requests"] == 6 and by_class["groups"][0]["object"] is None
     # A restart reads the same ledger back.
     again = make_meters_again(m)
-    assert strip_cost((await again.billing(group_by="object"))["groups"]) == strip_cost(after["groups"])
+    assert strip_cost((await again.billing(group_by="object"))["groups"]) == strip_cost(
+        after["groups"]
+    )
 
 
 def strip_cost(groups):

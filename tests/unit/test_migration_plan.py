@@ -48,20 +48,29 @@ def test_steps_apply_in_migration_order(db, tmp_path):
     plan = deploy(db, tmp_path, cfg, ["A", "C"], 2)
     assert plan["apply"] == ["v2", "v3", "v4"]
     assert plan["steps"] == [
-        ["rename", "A", "B"], ["create", "A"], ["create", "Draft"], ["rename", "Draft", "C"],
+        ["rename", "A", "B"],
+        ["create", "A"],
+        ["create", "Draft"],
+        ["rename", "Draft", "C"],
         ["delete", "B"],
     ]
     live = db.namespaces()
     assert sorted(live) == ["A", "C"]
-    assert live["A"][0] != key_a and live["A"][1] != secret_a, "a re-created name gets a new namespace"
+    assert live["A"][0] != key_a and live["A"][1] != secret_a, (
+        "a re-created name gets a new namespace"
+    )
     assert db.applied_tags() == {"v1", "v2", "v3", "v4"}
 
 
 def test_tentative_namespaces_follow_the_steps(db, tmp_path):
     deploy(db, tmp_path, config({"X": "A"}, V1), ["A"], 1)
     key_a = db.namespaces()["A"][0]
-    cfg = config({"X": "B"}, V1, {"tag": "v2", "renamed_classes": [{"from": "A", "to": "B"}]},
-                 {"tag": "v3", "new_classes": ["A"]})
+    cfg = config(
+        {"X": "B"},
+        V1,
+        {"tag": "v2", "renamed_classes": [{"from": "A", "to": "B"}]},
+        {"tag": "v3", "new_classes": ["A"]},
+    )
     plan = plan_migrations(db, tmp_path, cfg, ["A", "B"])
     tentative = tentative_namespaces(db, plan)
     assert tentative["B"][0] == key_a
@@ -78,13 +87,25 @@ def test_applied_tags_are_skipped(db, tmp_path):
     ("bindings", "migrations", "classes", "message"),
     [
         ({"X": "Ghost"}, [V1], ["A", "Ghost"], "'Ghost' was not created by any migration"),
-        ({"X": "A"}, [V1, {"tag": "v2", "deleted_classes": ["A"]}], ["A"], "'A' is deleted by migration 'v2'"),
+        (
+            {"X": "A"},
+            [V1, {"tag": "v2", "deleted_classes": ["A"]}],
+            ["A"],
+            "'A' is deleted by migration 'v2'",
+        ),
         ({"X": "A"}, [V1], [], "'A' is not defined in the module"),
         ({}, [V1, {"tag": "v2", "new_classes": ["A"]}], ["A"], "class 'A' already exists"),
-        ({}, [V1, {"tag": "v2", "deleted_classes": ["Q"]}], ["A"], "cannot delete unknown class 'Q'"),
+        (
+            {},
+            [V1, {"tag": "v2", "deleted_classes": ["Q"]}],
+            ["A"],
+            "cannot delete unknown class 'Q'",
+        ),
     ],
 )
-def test_refusals_name_the_class_and_change_nothing(db, tmp_path, bindings, migrations, classes, message):
+def test_refusals_name_the_class_and_change_nothing(
+    db, tmp_path, bindings, migrations, classes, message
+):
     deploy(db, tmp_path, config({"X": "A"}, V1), ["A"], 1)
     before = (db.namespaces(), db.applied_tags())
     with pytest.raises(DeployRefused, match=message):

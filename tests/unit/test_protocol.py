@@ -15,7 +15,9 @@ from stateroom._protocol import (
 
 def test_frames_round_trip_when_split_and_coalesced():
     msgs = [
-        Fetch(1, HttpRequest("GET", "http://x/", [("a", "b")], b"body"), Target("C", "ab" * 32, "n")),
+        Fetch(
+            1, HttpRequest("GET", "http://x/", [("a", "b")], b"body"), Target("C", "ab" * 32, "n")
+        ),
         Reply(1, True, value=b"\x00"),
         Cancel(7),
     ]

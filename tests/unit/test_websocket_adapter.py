@@ -61,7 +61,9 @@ def test_handshake_checks_method_connection_version_and_key():
 
 def test_accept_headers_carry_the_accept_token_and_the_apps_own_headers():
     headers = dict(
-        accept_headers(upgrade(), [("Sec-WebSocket-Protocol", "chat"), ("Connection", "close"), ("x-a", "1")])
+        accept_headers(
+            upgrade(), [("Sec-WebSocket-Protocol", "chat"), ("Connection", "close"), ("x-a", "1")]
+        )
     )
     assert headers["sec-websocket-accept"] == generate_accept_token(KEY.encode()).decode()
     assert headers["upgrade"] == "websocket" and headers["connection"] == "Upgrade"
@@ -73,7 +75,9 @@ def test_accept_headers_carry_the_accept_token_and_the_apps_own_headers():
 def test_data_frames_parse_on_a_standard_client_at_every_length_boundary(size):
     client = Connection(ConnectionType.CLIENT)
     payload = bytes(range(256)) * (size // 256 + 1)
-    client.receive_data(data_frame(payload[:size], text=False) + data_frame("é".encode(), text=True))
+    client.receive_data(
+        data_frame(payload[:size], text=False) + data_frame("é".encode(), text=True)
+    )
     events = list(client.events())
     assert isinstance(events[0], BytesMessage) and events[0].data == payload[:size]
     assert isinstance(events[1], TextMessage) and events[1].data == "é"
@@ -100,8 +104,11 @@ class Peer:
 async def pair(nursery, max_message_bytes: int = 1 << 20) -> tuple[ServerWebSocket, Peer]:
     a, b = trio.socket.socketpair()
     server = ServerWebSocket(
-        trio.SocketStream(a), nursery, batcher=WriteBatcher(nursery),
-        max_message_bytes=max_message_bytes, max_buffered_bytes=1 << 22,
+        trio.SocketStream(a),
+        nursery,
+        batcher=WriteBatcher(nursery),
+        max_message_bytes=max_message_bytes,
+        max_buffered_bytes=1 << 22,
     )
     return server, Peer(trio.SocketStream(b))
 
@@ -181,7 +188,16 @@ def test_socket_messages_round_trip_the_wire_protocol():
     for msg in (
         WsAccepted(7, target, ["a", "b"]),
         WsSend([1, 2, 3], "é".encode(), True),
-        WsEvent(9, target, 7, "close", code=1006, reason="", was_clean=False, socket=WsSocket(7, ["a"], b"\x01", 5)),
+        WsEvent(
+            9,
+            target,
+            7,
+            "close",
+            code=1006,
+            reason="",
+            was_clean=False,
+            socket=WsSocket(7, ["a"], b"\x01", 5),
+        ),
         WsRestored(3, [WsSocket(7, ["t"], None, None)], "ping", "pong", 100),
     ):
         assert decode_message(encode_frame(msg)[4:]) == msg

@@ -20,4 +20,6 @@ class Room(DurableObject):
 
 class Default(WorkerEntrypoint):
     async def fetch(self, request):
-        return await self.env.ROOM.get_by_name(request.url_path.strip("/") or "lobby").fetch(request)
+        return await self.env.ROOM.get_by_name(request.url_path.strip("/") or "lobby").fetch(
+            request
+        )

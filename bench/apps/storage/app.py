@@ -69,6 +69,7 @@ class Bench(DurableObject):
             ours.append(await getattr(self, "time_" + figure)(n))
             raw.append(getattr(self.raw, figure)(n))
         return {"ours": ours, "raw": raw}
+
     async def noop(self):
         return None
 

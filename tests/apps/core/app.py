@@ -92,7 +92,9 @@ class Default(WorkerEntrypoint):
     async def fetch(self, request):
         parts = request.url_path.strip("/").split("/")
         if parts[0] == "echo":
-            return await self.env.ECHO.get_by_name(parts[1] if len(parts) > 1 else "e").fetch(request)
+            return await self.env.ECHO.get_by_name(parts[1] if len(parts) > 1 else "e").fetch(
+                request
+            )
         if parts[0] == "boom":
             raise RuntimeError("default exploded")
         stub = self.env.COUNTER.get_by_name(parts[0] or "global")

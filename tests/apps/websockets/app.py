@@ -50,7 +50,9 @@ class Room(DurableObject):
             # Which message woke this instance (an auto-response never does).
             self.fresh = False
             woken = self.ctx.storage.kv.get("woken_by") or []
-            self.ctx.storage.kv.put("woken_by", woken + [message[:40] if isinstance(message, str) else "<bytes>"])
+            self.ctx.storage.kv.put(
+                "woken_by", woken + [message[:40] if isinstance(message, str) else "<bytes>"]
+            )
         if isinstance(message, bytes):
             ws.send(message)
             return

@@ -16,6 +16,7 @@ from typing import Any
 
 import trio
 
+from ._billing import BILLING_FIGURES
 from ._client import connect, default_token, default_url
 from ._ids import is_id_string
 
@@ -173,21 +174,7 @@ def cmd_billing(args: argparse.Namespace) -> None:
     from rich.table import Table
 
     table = Table(title=f"billing since {doc['since']} (by {doc['group_by']})")
-    cols = [
-        "class",
-        "object",
-        "name",
-        "requests",
-        "ws_messages_in",
-        "billable_requests",
-        "cpu_ms",
-        "active_s",
-        "gb_s",
-        "rows_read",
-        "rows_written",
-        "stored_bytes",
-        "cost_usd",
-    ]
+    cols = ["class", "object", "name", *BILLING_FIGURES]
     for c in cols:
         table.add_column(c, justify="right" if c not in ("class", "object", "name") else "left")
     for g in doc["groups"] + [

@@ -52,6 +52,7 @@ from typing import Any
 
 import trio
 
+from stateroom._billing import BILLING_FIGURES
 from stateroom._protocol import FlushMeters, HttpResponse, Stats
 
 __all__ = ["Meters", "Prices", "load_prices", "parse_time"]
@@ -488,18 +489,7 @@ class Meters:
     @staticmethod
     def _total(groups: list[dict[str, Any]]) -> dict[str, Any]:
         total: dict[str, Any] = {}
-        for key in (
-            "requests",
-            "ws_messages_in",
-            "billable_requests",
-            "cpu_ms",
-            "active_s",
-            "gb_s",
-            "rows_read",
-            "rows_written",
-            "stored_bytes",
-            "cost_usd",
-        ):
+        for key in BILLING_FIGURES:
             total[key] = sum((g[key] for g in groups), 0)
         total["billable_requests"] = (
             total["requests"] + total["ws_messages_in"] / WS_MESSAGES_PER_REQUEST

@@ -330,12 +330,15 @@ async def test_overdue_alarms_fire_promptly_after_a_restart(stateroom_runtime):
     # While the runtime is down the alarm becomes overdue: move it into the past on disk.
     import apsw
 
+    # The killed supervisor's workers exit on their own; wait for their locks to go.
     db = apsw.Connection(str(rt.data / "runtime.sqlite"))
+    db.set_busy_timeout(20_000)
     with db:
         db.execute("UPDATE alarms SET time = time - 3600000, scheduled = scheduled - 3600000")
     db.close()
     obj = next((rt.data / "objects").glob(f"*/{stub.id}.sqlite"))
     odb = apsw.Connection(str(obj))
+    odb.set_busy_timeout(20_000)
     with odb:
         odb.execute("UPDATE _stateroom_meta SET value = value - 3600000 WHERE key = 'alarm'")
     odb.close()

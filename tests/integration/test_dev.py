@@ -122,6 +122,8 @@ async def test_dev_mode_redeploys_on_edit_and_keeps_last_good_code_on_import_err
 
                 app_py.write_text(rewrite(good, "VERSION = 'v2'", "VERSION = 'v3'"))
                 await get_until(http, "/a", "v3:", dev)
+                # The new code can answer before the dev process prints its line.
+                await dev.wait_for(dev.stdout, "deployed version 3")
                 versions = [line for line in dev.stdout if "deployed version" in line]
                 assert len(versions) == 3, dev.output()
 

@@ -62,7 +62,7 @@ async def test_calls_in_flight_to_a_runaway_object_fail_with_a_runtime_error(sta
     with trio.fail_after(15):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleeper)
-            await trio.sleep(0.3)
+            await eventually("the sleeping call to be in flight", stub.sleepers)
             await fails_with_reset(stub.spin)
     assert len(errors) == 1 and errors[0].retryable is True
 
@@ -189,7 +189,7 @@ async def test_abort_resets_the_object_and_fails_calls_in_flight(stateroom_runti
     with trio.fail_after(10):
         async with trio.open_nursery() as nursery:
             nursery.start_soon(sleeper)
-            await trio.sleep(0.3)
+            await eventually("the sleeping call to be in flight", stub.sleepers)
             err = await fails_with_reset(stub.abort)
     assert "aborted" in str(err)
     assert len(errors) == 1 and errors[0].retryable is True

@@ -4,8 +4,6 @@ deploys refused with the previous deployment still serving."""
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 
 import httpx
@@ -13,7 +11,7 @@ import pytest
 import trio
 
 import stateroom
-from tests.conftest import APPS
+from tests.conftest import APPS, run_cli
 from tests.integration.appgen import write_app
 
 
@@ -169,16 +167,7 @@ async def test_rollback_restores_earlier_code_under_a_new_deployment_number(
     assert len(await rt.client.deployments()) == 4
 
 
-def cli(rt, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **(env or {}))
-    full_env.pop("STATEROOM_TOKEN", None)
-    return subprocess.run(
-        [sys.executable, "-m", "stateroom", *args, "--url", rt.url, "--token", rt.token],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-    )
+cli = run_cli
 
 
 @pytest.mark.stateroom(workers=1)

@@ -3,14 +3,11 @@ files, refused deploys change nothing, each tag is applied once, `deploy --dry-r
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-
 import pytest
 import trio
 
 import stateroom
+from tests.conftest import run_cli
 from tests.integration.appgen import write_app
 
 V1 = [{"tag": "v1", "new_sqlite_classes": ["Counter"]}]
@@ -217,15 +214,7 @@ async def test_each_migration_tag_is_applied_once_in_order(stateroom_runtime, tm
     assert [d["version"] for d in await rt.client.deployments()] == [1, 2, 3, 4]
 
 
-def cli(rt, *args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run(
-        [sys.executable, "-m", "stateroom", *args, "--url", rt.url, "--token", rt.token],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=full_env,
-    )
+cli = run_cli
 
 
 @pytest.mark.stateroom(workers=1)

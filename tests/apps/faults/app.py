@@ -21,6 +21,8 @@ class Box(DurableObject):
         super().__init__(ctx, env)
         # New at every construction: a changed boot id means the object was reset.
         self.boot = uuid.uuid4().hex
+        # Calls to `sleep` in flight right now (tests poll it instead of guessing).
+        self.sleeping = 0
 
     async def boot_id(self):
         return self.boot
@@ -41,8 +43,15 @@ class Box(DurableObject):
         return value
 
     async def sleep(self, seconds):
-        await trio.sleep(seconds)
+        self.sleeping += 1
+        try:
+            await trio.sleep(seconds)
+        finally:
+            self.sleeping -= 1
         return "slept"
+
+    async def sleepers(self):
+        return self.sleeping
 
     async def spin(self):
         while True:

@@ -1,9 +1,16 @@
 """The supervisor: one trio process that owns the port, the workers and the data folder.
 
 It never imports or unpickles user code. It routes every app request to a worker
-(`Default` runs on any worker, round-robin) and every object call to the worker
-owning the object's shard; it serves the reserved prefix `/_stateroom/` (SDK,
-admin API) itself.
+(`Default` runs on any worker) and every object call to the worker owning the
+object's shard; it serves the reserved prefix `/_stateroom/` (SDK, admin API) itself.
+
+Affinity: `Default` usually calls one object per path (`/room/42` -> room 42). When
+a `Default.fetch` calls an object that another worker owns, the supervisor notes
+that worker for the request's URL path (`_affinity`, the most recent
+`AFFINITY_PATHS` paths), and sends the next request for the path there, so the call
+is local (no relay through the supervisor). A path with no note, or whose noted
+worker is not ready, goes round-robin. The note is only a hint: any worker can run
+`Default` correctly.
 
 Request path: front door (`front.py`) -> `Supervisor.handle` -> auth -> route ->
 `WorkerPool.request` (framed message over the worker's Unix socket) -> worker ->
@@ -19,6 +26,7 @@ import secrets
 import signal
 import sys
 import time
+from collections import OrderedDict
 from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -50,9 +58,11 @@ from .front import HttpServer
 from .processes import ProcessSampler
 from .runtime_db import RuntimeDB
 from .settings import Settings
-from .workers import WorkerPool, WorkerProc
+from .workers import WorkerPool, WorkerProc, WorkerState
 
 PREFIX = "/_stateroom/"
+# App paths whose affinity (the worker `Default` should run on) is remembered.
+AFFINITY_PATHS = 4096
 SDK_CONTENT_TYPE = "application/x-stateroom"
 
 
@@ -128,6 +138,10 @@ class Supervisor:
         # (ns_key, id) already recorded in the names table (avoids repeated writes).
         self._named: set[tuple[int, str]] = set()
         self._rr = 0
+        # URL path -> index of the worker owning the object that the last
+        # `Default.fetch` on that path called in another worker; least recently used
+        # first, at most AFFINITY_PATHS entries. Set when such a `Call` arrives.
+        self._affinity: OrderedDict[str, int] = OrderedDict()
         self.deploy_lock = trio.Lock()
         self.http = HttpServer(self.handle, max_body_bytes=settings.max_body_bytes)
         self.nursery: trio.Nursery | None = None
@@ -297,6 +311,8 @@ class Supervisor:
             parent = w.pending.get(msg.origin) if msg.origin else None
             if parent is not None:
                 parent.children += 1
+                if parent.path is not None and is_id_string(msg.target.id):
+                    self._note_affinity(parent.path, self.owner(msg.target).index)
             self.nursery.start_soon(self._relay_call, w, msg, parent)
             return
         for ext in self.extensions:
@@ -347,9 +363,27 @@ class Supervisor:
                 return text_response(f"deploy refused: {exc}", 400)
             except DurableObjectError as exc:
                 return error_http(exc)
-        return await self.handle_app(request)
+        return await self.handle_app(request, path)
 
-    async def handle_app(self, request: HttpRequest) -> HttpResponse:
+    def _note_affinity(self, path: str, index: int) -> None:
+        affinity = self._affinity
+        affinity[path] = index
+        affinity.move_to_end(path)
+        if len(affinity) > AFFINITY_PATHS:
+            affinity.popitem(last=False)
+
+    def worker_for_path(self, path: str) -> WorkerProc:
+        """The worker to run `Default` for an app request on `path` (see Affinity)."""
+        index = self._affinity.get(path)
+        if index is not None:
+            w = self.pool.workers[index]
+            if w.state is WorkerState.READY:
+                self._affinity.move_to_end(path)
+                return w
+        self._rr = (self._rr + 1) % self.pool.count
+        return self.pool.workers[self._rr]
+
+    async def handle_app(self, request: HttpRequest, path: str) -> HttpResponse:
         if self.current is None:
             return text_response(
                 "no app is deployed yet: run `stateroom deploy path/to/stateroom.toml`", 404
@@ -360,10 +394,9 @@ class Supervisor:
                 " the main module, or call objects through the SDK client",
                 404,
             )
-        self._rr = (self._rr + 1) % self.pool.count
-        w = self.pool.workers[self._rr]
+        w = self.worker_for_path(path)
         try:
-            reply = await self.pool.request(w, lambda rid: Fetch(rid, request))
+            reply = await self.pool.request(w, lambda rid: Fetch(rid, request), path=path)
         except DurableObjectError as exc:
             return error_http(exc)
         if not reply.ok:

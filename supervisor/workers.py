@@ -82,9 +82,19 @@ SETTLE_S = 5.0
 
 
 class Pending:
-    __slots__ = ("event", "reply", "committed", "error", "parent", "children", "kids", "where")
+    __slots__ = (
+        "event",
+        "reply",
+        "committed",
+        "error",
+        "parent",
+        "children",
+        "kids",
+        "where",
+        "path",
+    )
 
-    def __init__(self, parent: Pending | None = None) -> None:
+    def __init__(self, parent: Pending | None = None, path: str | None = None) -> None:
         self.event = trio.Event()
         self.reply: Reply | None = None
         # True once the worker announced a durable write for this request (or a call
@@ -100,6 +110,9 @@ class Pending:
         self.kids: list[Pending] = []
         # (worker, request_id) this request was sent as, once sent.
         self.where: tuple[WorkerProc, int] | None = None
+        # The URL path of the app request this is (`Default.fetch`), for affinity
+        # routing; None for every other request. Never changes.
+        self.path = path
 
     def mark_committed(self) -> None:
         """A durable write happened for this request: also for every ancestor."""
@@ -463,6 +476,7 @@ class WorkerPool:
         wait_ready: float = 10.0,
         parent: Pending | None = None,
         starting: bool = False,
+        path: str | None = None,
     ) -> Reply:
         """Send `make(request_id)` to worker `w` and await its reply.
 
@@ -470,6 +484,7 @@ class WorkerPool:
         `Call`); a durable write by this call marks the parent too. (The relay
         counts itself in `parent.children` from the moment the `Call` arrives.)
         `starting`: send even though `w` is still starting (readiness hooks).
+        `path`: the URL path of an app request (see `Pending.path`).
 
         Raises `WorkerCrashedError` if the worker dies first (retryable unless the
         call may have committed), `DurableObjectError(retryable=True)` if it is not
@@ -489,7 +504,7 @@ class WorkerPool:
                     f"worker {w.index} is restarting; try again", retryable=True
                 )
         rid = self.next_request_id()
-        p = Pending(parent)
+        p = Pending(parent, path)
         p.where = (w, rid)
         if parent is not None:
             parent.kids.append(p)

@@ -261,6 +261,23 @@ async def test_objects_spread_over_all_workers(stateroom_runtime):
         assert {"pid", "role", "shards", "restarts", "uptime_s"} <= set(p)
 
 
+async def test_requests_on_a_path_run_default_on_the_worker_owning_its_object(
+    stateroom_runtime,
+):
+    # Once a path's Default has called its object in another worker, the path's next
+    # requests run Default on that object's worker (the call stays local).
+    async with httpx.AsyncClient(base_url=stateroom_runtime.url) as http:
+        for i in range(8):
+            path = f"/where/affinity-{i}"
+            seen = [(await http.get(path)).json() for _ in range(6)]
+            relayed = [s["default_pid"] != s["object_pid"] for s in seen]
+            assert True in relayed[:2], f"{path}: two requests in a row ran locally: {seen}"
+            first = relayed.index(True)
+            assert not any(relayed[first + 1 :]), (
+                f"{path}: Default ran away from the object's worker after a relayed call: {seen}"
+            )
+
+
 async def test_bad_input_gets_clear_errors_and_server_keeps_serving(stateroom_runtime):
     rt = stateroom_runtime
     host, port = "127.0.0.1", rt.port

@@ -97,5 +97,9 @@ class Default(WorkerEntrypoint):
             )
         if parts[0] == "boom":
             raise RuntimeError("default exploded")
+        if parts[0] == "where":
+            # Which worker ran Default, and which owns the counter it calls.
+            owner = await self.env.COUNTER.get_by_name(parts[1]).pid()
+            return Response.json({"default_pid": os.getpid(), "object_pid": owner})
         stub = self.env.COUNTER.get_by_name(parts[0] or "global")
         return await stub.fetch(request)

@@ -79,7 +79,7 @@ class RawHttp:
 def wrk(
     url: str, *, connections: int, seconds: float, threads: int = 2, script: str | None = None
 ) -> dict[str, float]:
-    """Run wrk (Debian package) and parse requests/s and latency percentiles."""
+    """Run wrk (Debian package) and parse requests/s, requests done and latency percentiles."""
     exe = shutil.which("wrk")
     if exe is None:
         return {"rps": float("nan")}
@@ -101,6 +101,8 @@ def wrk(
         line = line.strip()
         if line.startswith("Requests/sec:"):
             result["rps"] = float(line.split()[1])
+        if " requests in " in line:
+            result["requests"] = float(line.split()[0])
         for p in ("50%", "99%"):
             if line.startswith(p):
                 result["p" + p[:-1] + "_ms"] = _ms(line.split()[1])

@@ -28,20 +28,48 @@ integral of that step function over the window, in GB-months:
 from the end of the minute in which it was reported (storage is charged for whole
 minutes held, so a change of size takes effect up to a minute late).
 
-Windows. Usage is kept per minute, so a billing window `[since, until)` covers
-every minute it overlaps. Deltas not persisted yet are included in every answer,
-and billing first asks the workers for their latest deltas, so a request answered
-before the billing call is always counted.
+Retention and roll-up. A row of the `meters` table covers `span` minutes from
+`minute`: 1 for the rows `persist()` writes. So that the runtime database does
+not grow with every minute of every object forever, `roll_up()` (run by `serve`
+after each persist, a bounded amount of work at a time) merges old rows into
+coarser ones (`ROLL_UPS`):
+
+* rows older than 7 days become one row per object per hour;
+* rows older than 400 days become one row per object per day, kept for good.
+
+So an object costs at most ~10,100 minute rows plus ~9,400 hour rows, plus one
+row per day it was used for longer history. A rolled row holds the sums of the
+counters of the rows it replaces, the size at its end (`stored_bytes`), and
+`byte_s`: the storage integral over its own span, computed from the finer rows and
+the size carried in from before. Nothing is counted twice or lost: the totals
+of every figure are unchanged by a roll-up, and a billing window whose ends lie
+on the boundaries of the rows it touches (minutes for the last 7 days, hours up
+to 400 days, days beyond; the default window, since the data began, always does)
+gets exactly the figures it got before the roll-up, including storage. A window
+that starts or ends inside a rolled row counts that row's counters in full (as a
+window covers every minute it overlaps) and the overlapping share of its `byte_s`.
+The progress of each roll-up is kept in the `settings` table
+(`meters_rolled_<span>`: every bucket below that minute is rolled), and a delta
+recorded with an older time (a clock stepped back by days) is booked in the first
+minute not rolled up, so rows never overlap.
+
+Windows. Usage is kept per minute (per hour or day for older rows, see above),
+so a billing window `[since, until)` covers every row it overlaps. Deltas not
+persisted yet are included in every answer, and billing first asks the workers
+for their latest deltas, so a request answered before the billing call is always
+counted.
 
 Invariant: `totals`, `sizes` and `pending` together equal the persisted rows plus
-everything received since; `persist()` moves `pending` into the database without
-changing that sum.
+everything received since; `persist()` moves `pending` into the database and
+`roll_up()` merges rows, neither changing that sum. Rows of one object never
+overlap in time.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import itertools
 import math
 import re
 import sys
@@ -63,6 +91,13 @@ GB = 10**9
 MONTH_S = 30 * 86400
 GB_PER_OBJECT = 0.125  # 128 MiB per active object, as Durable Objects bill duration
 WS_MESSAGES_PER_REQUEST = 20
+
+# Roll-ups, finest first: (bucket size in minutes, age in minutes after which a
+# bucket's finer rows are merged into one row per object).
+ROLL_UPS = ((60, 7 * 1440), (1440, 400 * 1440))
+MAX_SPAN = 1440  # the largest `span` of a row
+# Work `roll_up()` does per call from `serve` (one bucket is finished past it).
+ROLL_UP_BUDGET_S = 0.05
 
 # Index in a meter row / accumulator.
 REQ, WS, CPU, ACT, RR, RW = range(6)
@@ -159,6 +194,36 @@ def iso(t: float) -> str:
     )
 
 
+def _overlap(a: float, b: float, lo: float, hi: float) -> float:
+    """Length of `[a, b)` ∩ `[lo, hi)`."""
+    return max(0.0, min(b, hi) - max(a, lo))
+
+
+def storage_integral(
+    size: int, rows: list[tuple[int, int, int, float | None]], start: float, end: float
+) -> tuple[float, int]:
+    """Byte-seconds of storage held over `[start, end)`, and the size after `rows`.
+
+    `size` is the size before the first row; `rows` are one object's
+    `(minute, span, stored_bytes, byte_s)` in time order, not overlapping. A row's
+    `stored_bytes` holds from the row's end until the next row. Within a row the
+    size is the one carried in when `byte_s` is None (minute rows: a change takes
+    effect at the end of its minute), else `byte_s` is the row's own integral
+    (rolled rows), spread evenly over its span for a partial overlap.
+    """
+    total = 0.0
+    t = start
+    for minute, span, row_size, byte_s in rows:
+        row_start, row_end = minute * 60.0, (minute + span) * 60.0
+        total += size * _overlap(t, row_start, start, end)
+        inside = _overlap(row_start, row_end, start, end)
+        total += size * inside if byte_s is None else byte_s * inside / (row_end - row_start)
+        t = max(t, row_end)
+        size = int(row_size)
+    total += size * _overlap(t, end, start, end)
+    return total, size
+
+
 class _Bad(Exception):
     """A client error in a meters route (HTTP 400)."""
 
@@ -196,6 +261,9 @@ class Meters:
         self.first_minute: int | None = None
         # ns_key -> class label (live classes by name; deleted ones marked).
         self.classes: dict[int, str] = {}
+        # Bucket span -> minute below which every row is rolled up to that span
+        # (mirrors `meters_rolled_<span>` in the settings table; only grows).
+        self.rolled: dict[int, int] = {}
         self._setup()
 
     # ------------------------------------------------------------------ state
@@ -221,6 +289,8 @@ class Meters:
         self.size_total = sum(self.sizes.values())
         for (m,) in conn.execute("SELECT min(minute) FROM meters"):
             self.first_minute = None if m is None else int(m)
+        for span, _ in ROLL_UPS:
+            self.rolled[span] = int(self.db.setting(f"meters_rolled_{span}") or 0)
         self._refresh_classes()
 
     def _refresh_classes(self) -> None:
@@ -246,6 +316,8 @@ class Meters:
     def record(self, rows: list[list[Any]], now: float | None = None) -> None:
         """Add worker deltas `[ns_key, id, req, ws, cpu_ms, active_s, rr, rw, size]`."""
         minute = int((time.time() if now is None else now) // 60)
+        # Never inside a rolled-up row (only a clock stepped back by days gets here).
+        minute = max(minute, self.rolled[ROLL_UPS[0][0]])
         if self.first_minute is None or minute < self.first_minute:
             self.first_minute = minute
         for row in rows:
@@ -319,6 +391,82 @@ class Meters:
                     for i in range(6):
                         p[i] += v[i]
 
+    def roll_up(self, now: float | None = None, budget_s: float = math.inf) -> int:
+        """Merge rows old enough into hour, then day rows (see Retention); returns
+        the number of buckets rolled.
+
+        Each bucket is one transaction (it holds every row of one hour or day, at
+        most a few rows per object); the call returns once `budget_s` seconds have
+        passed after a bucket, and the next call goes on from there.
+        """
+        now_minute = int((time.time() if now is None else now) // 60)
+        deadline = time.monotonic() + budget_s
+        rolled = 0
+        for span, after in ROLL_UPS:
+            cutoff = (now_minute - after) // span * span
+            while True:
+                mark = self.rolled[span]
+                oldest = None
+                for (m,) in self.db.conn.execute(
+                    "SELECT min(minute) FROM meters WHERE minute >= ? AND minute < ? AND span < ?",
+                    (mark, cutoff, span),
+                ):
+                    oldest = m
+                if oldest is None:
+                    if cutoff > mark:
+                        with self.db.transaction():
+                            self.db.set_setting(f"meters_rolled_{span}", str(cutoff))
+                        self.rolled[span] = cutoff
+                    break
+                self._roll_bucket(int(oldest) // span * span, span)
+                rolled += 1
+                if time.monotonic() >= deadline:
+                    return rolled
+        return rolled
+
+    def _roll_bucket(self, start: int, span: int) -> None:
+        """Replace the finer rows of minutes `[start, start + span)` by one row per object."""
+        conn = self.db.conn
+        end = start + span
+        with self.db.transaction():
+            rows = list(
+                conn.execute(
+                    "SELECT ns_key, id, minute, span, requests, ws_messages_in, cpu_ms, active_s,"
+                    " rows_read, rows_written, stored_bytes, byte_s FROM meters"
+                    " WHERE minute >= ? AND minute < ? AND span < ? ORDER BY ns_key, id, minute",
+                    (start, end, span),
+                )
+            )
+            merged = []
+            for (ns_key, oid), group in itertools.groupby(rows, key=lambda r: (r[0], r[1])):
+                parts = list(group)
+                carried = 0
+                for (size,) in conn.execute(
+                    "SELECT stored_bytes FROM meters WHERE ns_key = ? AND id = ? AND minute < ?"
+                    " ORDER BY minute DESC LIMIT 1",
+                    (ns_key, oid, start),
+                ):
+                    carried = int(size)
+                byte_s, size = storage_integral(
+                    carried, [(r[2], r[3], r[10], r[11]) for r in parts], start * 60.0, end * 60.0
+                )
+                sums = [sum(r[4 + i] for r in parts) for i in range(6)]
+                merged.append((start, ns_key, oid, *sums, size, span, byte_s))
+            conn.execute(
+                "DELETE FROM meters WHERE minute >= ? AND minute < ? AND span < ?",
+                (start, end, span),
+            )
+            conn.executemany(
+                "INSERT INTO meters(minute, ns_key, id, requests, ws_messages_in, cpu_ms,"
+                " active_s, rows_read, rows_written, stored_bytes, span, byte_s)"
+                " VALUES(?,?,?,?,?,?,?,?,?,?,?,?)",
+                merged,
+            )
+            self.db.set_setting(f"meters_rolled_{span}", str(end))
+        self.rolled[span] = end
+        if self.first_minute is not None and merged:
+            self.first_minute = min(self.first_minute, start)
+
     async def collect(self, timeout: float = 2.0) -> None:
         """Ask every ready worker for the deltas it has counted so far, and wait."""
         from .workers import WorkerState
@@ -370,6 +518,7 @@ class Meters:
             last = now
             if now >= next_persist:
                 self.persist()
+                self.roll_up(budget_s=ROLL_UP_BUDGET_S)
                 next_persist = now + PERSIST_EVERY
 
     async def stop(self) -> None:
@@ -505,12 +654,14 @@ class Meters:
         """(ns_key, id) -> [req, ws, cpu, active, rr, rw, size at until, byte-seconds]."""
         m0 = math.floor(since_t / 60)
         m1 = max(m0 + 1, math.ceil(until_t / 60)) if until_t > since_t else m0
-        # (ns, id) -> {minute: [req, ws, cpu, act, rr, rw, size]}
+        # (ns, id) -> {minute: [req, ws, cpu, act, rr, rw, size, span, byte_s]}: every
+        # row that overlaps minutes [m0, m1).
         series: dict[tuple[int, str], dict[int, list[Any]]] = {}
         for row in self.db.conn.execute(
             "SELECT ns_key, id, minute, requests, ws_messages_in, cpu_ms, active_s, rows_read,"
-            " rows_written, stored_bytes FROM meters WHERE minute >= ? AND minute < ?",
-            (m0, m1),
+            " rows_written, stored_bytes, span, byte_s FROM meters"
+            " WHERE minute > ? AND minute < ? AND minute + span > ?",
+            (m0 - MAX_SPAN, m1, m0),
         ):
             series.setdefault((int(row[0]), row[1]), {})[int(row[2])] = list(row[3:])
         for (minute, ns_key, oid), v in self.pending.items():
@@ -518,15 +669,15 @@ class Meters:
                 s = series.setdefault((ns_key, oid), {})
                 p = s.get(minute)
                 if p is None:
-                    s[minute] = list(v)
+                    s[minute] = [*v, 1, None]
                 else:
-                    s[minute] = [*(a + b for a, b in zip(p[:6], v[:6], strict=True)), v[6]]
-        # Size carried into the window from before it.
+                    s[minute] = [*(a + b for a, b in zip(p[:6], v[:6], strict=True)), v[6], *p[7:]]
+        # Size carried into the window from the rows that end before it.
         carried: dict[tuple[int, str], int] = {}
         for ns_key, oid, size, _ in self.db.conn.execute(
-            "SELECT ns_key, id, stored_bytes, max(minute) FROM meters WHERE minute < ?"
-            " GROUP BY ns_key, id",
-            (m0,),
+            "SELECT ns_key, id, stored_bytes, max(minute) FROM meters"
+            " WHERE minute < ? AND minute + span <= ? GROUP BY ns_key, id",
+            (m0, m0),
         ):
             carried[(int(ns_key), oid)] = int(size)
         for (minute, ns_key, oid), v in self.pending.items():
@@ -535,19 +686,16 @@ class Meters:
         out: dict[tuple[int, str], list[float]] = {}
         for key in set(series) | {k for k, s in carried.items() if s}:
             acc = [0.0] * 8
-            size = carried.get(key, 0)
-            t = since_t
-            byte_s = 0.0
-            for minute, v in sorted(series.get(key, {}).items()):
+            rows = sorted(series.get(key, {}).items())
+            for _, v in rows:
                 for i in range(6):
                     acc[i] += v[i]
-                at = min(max((minute + 1) * 60.0, since_t), storage_end)
-                byte_s += size * max(0.0, at - t)
-                t = max(t, at)
-                size = int(v[6])
-            byte_s += size * max(0.0, storage_end - t)
-            acc[6] = size
-            acc[7] = byte_s
+            acc[7], acc[6] = storage_integral(
+                carried.get(key, 0),
+                [(minute, v[7], v[6], v[8]) for minute, v in rows],
+                since_t,
+                storage_end,
+            )
             if any(acc):
                 out[key] = acc
         return out

@@ -10,7 +10,9 @@ Tables:
   migrations(tag, deployment, applied)  each tag applied once.
   names(ns_key, id, name)  the name an id was first used with.
   alarms(ns_key, id, time, retry)  the alarm index (see `alarms.py`).
-  meters(minute, ns_key, id, ...)  billing meters per object per minute.
+  meters(minute, ns_key, id, span, ..., byte_s)  billing meters per object: one row
+      per minute for the last 7 days, rolled up to one per hour, and after 400 days
+      to one per day (`meters.py` explains the roll-up and why billing stays exact).
 
 Only the supervisor opens this file, and only from its trio thread; every call is
 short.
@@ -49,6 +51,7 @@ CREATE TABLE IF NOT EXISTS meters(
     cpu_ms REAL NOT NULL DEFAULT 0, active_s REAL NOT NULL DEFAULT 0,
     rows_read INTEGER NOT NULL DEFAULT 0, rows_written INTEGER NOT NULL DEFAULT 0,
     stored_bytes INTEGER NOT NULL DEFAULT 0,
+    span INTEGER NOT NULL DEFAULT 1, byte_s REAL,
     PRIMARY KEY(minute, ns_key, id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS settings(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
@@ -63,6 +66,25 @@ class RuntimeDB:
         self.conn.execute("PRAGMA synchronous=FULL")
         with self.conn:
             self.conn.execute(SCHEMA)
+            self._upgrade()
+
+    def _upgrade(self) -> None:
+        """Bring a runtime database made by an earlier version up to `SCHEMA`."""
+        columns = {row[1] for row in self.conn.execute("PRAGMA table_info(meters)")}
+        if "span" not in columns:
+            # Meter rows of earlier versions are all minute rows.
+            self.conn.execute(
+                "ALTER TABLE meters ADD COLUMN span INTEGER NOT NULL DEFAULT 1;"
+                "ALTER TABLE meters ADD COLUMN byte_s REAL"
+            )
+
+    def setting(self, key: str) -> str | None:
+        for (value,) in self.conn.execute("SELECT value FROM settings WHERE key=?", (key,)):
+            return str(value)
+        return None
+
+    def set_setting(self, key: str, value: str) -> None:
+        self.conn.execute("INSERT OR REPLACE INTO settings(key, value) VALUES(?, ?)", (key, value))
 
     def close(self) -> None:
         self.conn.close()

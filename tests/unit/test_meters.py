@@ -259,3 +259,103 @@ async def test_charged_tasks_pay_for_their_own_steps_only():
 
 async def _collect(results, awaitable):
     results.append(await awaitable)
+
+
+def figures(doc):
+    """A billing document's groups and total, costs compared to 1e-9 relative."""
+    out = []
+    for g in [*doc["groups"], doc["total"]]:
+        out.append(
+            {
+                k: pytest.approx(v, rel=1e-9, abs=1e-15) if isinstance(v, float) else v
+                for k, v in g.items()
+            }
+        )
+    return out
+
+
+def spans(m: Meters) -> dict[int, int]:
+    return dict(m.db.conn.execute("SELECT span, count(*) FROM meters GROUP BY span"))
+
+
+async def test_old_rows_roll_up_to_hours_and_days_and_billing_stays_exact(tmp_path):
+    m = make_meters(tmp_path)
+    a, b = "a" * 64, "b" * 64
+    now = time.time()
+    until = (now - 60) // 60 * 60  # fixed, in the past: storage ends there too
+    iso = lambda t: time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))  # noqa: E731
+    day = 86400
+    old_day = (now - 402 * day) // day * day  # a day boundary, 402 days ago
+    old_hour = (now - 10 * day) // 3600 * 3600  # an hour boundary, 10 days ago
+    # 402 days ago: two hours of minute rows (will become one day row).
+    for k in range(5, 120, 11):
+        m.record(
+            [row(a, req=1, ws=2, cpu=0.25, act=0.5, rr=3, rw=1, size=100 * k)], now=old_day + 60 * k
+        )
+    # 10 days ago: three hours of minute rows for a (its size changing), two for b.
+    for k in range(3, 180, 7):
+        m.record(
+            [row(a, req=1, ws=3, cpu=0.5, act=1.0, rr=2, rw=1, size=1000 + k)],
+            now=old_hour + 60 * k,
+        )
+    m.record([row(b, req=2, size=500)], now=old_hour + 60 * 61 + 1)
+    m.record([row(b, req=1, size=0)], now=old_hour + 60 * 150)
+    # Recent minute rows, kept as they are.
+    m.record([row(a, req=4, rw=2, size=5000)], now=now - 600)
+    m.record([row(b, req=1, size=70)], now=now - 300)
+    m.persist()
+    windows = [
+        (None, iso(until)),  # since the data began
+        (iso(old_day), iso(old_day + day)),  # the old day, day-aligned
+        (iso(old_day + day), iso(until)),  # from before the hour rows, across both bounds
+        (iso(old_hour + 3600), iso(old_hour + 2 * 3600)),  # one old hour
+        (iso(old_hour + 3600), iso(now - 450)),  # hour rows into minute rows
+    ]
+    before = {}
+    for w in windows:
+        for group_by in ("object", "class"):
+            before[w, group_by] = await m.billing(*w, group_by=group_by)
+    minute_rows = spans(m)[1]
+
+    assert m.roll_up(now) == 2 + 1 + 3  # two old hours, then their day; three hours
+    assert spans(m) == {1: 2, 60: 3 + 2, 1440: 1}, f"rows by span after roll-up (had {minute_rows})"
+    assert m.roll_up(now) == 0  # nothing left to do; the next call starts where this stopped
+
+    for (w, group_by), doc in before.items():
+        after = await m.billing(*w, group_by=group_by)
+        assert figures(after) == figures(doc), f"window {w} by {group_by}"
+    # A window with a bound inside a rolled hour: that hour's counters count in full.
+    doc = await m.billing(iso(old_hour + 3600 + 1800), iso(old_hour + 2 * 3600), group_by="object")
+    hour_rows = [k for k in range(3, 180, 7) if 60 <= k < 120]
+    assert {g["object"]: g["requests"] for g in doc["groups"]} == {a: len(hour_rows), b: 2}
+
+    # The totals read back at a restart are unchanged, and the roll-up's progress too.
+    usage = m.usage()["totals"]
+    again = make_meters_again(m)
+    assert again.usage()["totals"] | {"time": 0} == usage | {"time": 0}
+    assert again.roll_up(now) == 0
+    # A delta stamped inside a rolled hour (clock stepped back) still counts, once.
+    again.record([row(a, req=1)], now=old_hour + 60)
+    again.persist()
+    doc = await again.billing(group_by="object")
+    assert doc["total"]["requests"] == before[windows[0], "object"]["total"]["requests"] + 1
+
+
+def test_a_runtime_database_of_an_earlier_version_reads_its_meter_rows_as_minutes(tmp_path):
+    import apsw
+
+    path = tmp_path / "runtime.sqlite"
+    conn = apsw.Connection(str(path))
+    conn.execute(
+        "CREATE TABLE meters(minute INTEGER NOT NULL, ns_key INTEGER NOT NULL, id TEXT NOT NULL,"
+        " requests INTEGER NOT NULL DEFAULT 0, ws_messages_in INTEGER NOT NULL DEFAULT 0,"
+        " cpu_ms REAL NOT NULL DEFAULT 0, active_s REAL NOT NULL DEFAULT 0,"
+        " rows_read INTEGER NOT NULL DEFAULT 0, rows_written INTEGER NOT NULL DEFAULT 0,"
+        " stored_bytes INTEGER NOT NULL DEFAULT 0, PRIMARY KEY(minute, ns_key, id)) WITHOUT ROWID;"
+        "INSERT INTO meters(minute, ns_key, id, requests) VALUES(1000, 7, 'x', 5)"
+    )
+    conn.close()
+    db = RuntimeDB(path)
+    assert list(db.conn.execute("SELECT minute, requests, span, byte_s FROM meters")) == [
+        (1000, 5, 1, None)
+    ]

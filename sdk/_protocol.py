@@ -125,7 +125,10 @@ class Rpc(_Msg):
 class Admin(_Msg):
     """An object-level admin operation executed by the owning worker.
 
-    op: "delete", "export", "import", "info", "run_alarm", "inject", "evict".
+    op: "info", "delete", "export", "import", "inject", "run_in_object" (see
+    `stateroom.worker.admin`), and "live": sent to every worker with an empty
+    `target.id`, answered with the ids of the class's objects that worker holds in
+    memory.
     """
 
     request_id: int

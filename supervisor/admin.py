@@ -8,11 +8,12 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import msgspec
+import trio
 
 from stateroom._errors import DurableObjectError, error_from_fields, error_to_fields
 from stateroom._files import sqlite_file_bytes
 from stateroom._ids import is_id_string
-from stateroom._protocol import Admin, Fetch, HttpRequest, HttpResponse, Rpc
+from stateroom._protocol import Admin, Fetch, HttpRequest, HttpResponse, Rpc, Target
 
 from .app import SDK_CONTENT_TYPE, HttpError, Supervisor, error_http, json_response, split_key
 
@@ -186,6 +187,35 @@ def _object_ids(sup: Supervisor, ns_key: int) -> list[str]:
     return sorted(n[:-7] for n in names if n.endswith(".sqlite") and is_id_string(n[:-7]))
 
 
+async def _live_ids(sup: Supervisor, class_name: str, timeout: float = 5.0) -> set[str]:
+    """Ids of the class's objects in memory (constructed, not evicted or hibernated).
+
+    Asks every ready worker for the ones it hosts; a worker that is restarting, or
+    does not answer within `timeout`, hosts none (a restarted worker starts empty).
+    """
+    from stateroom import _codec
+
+    from .workers import WorkerState
+
+    live: set[str] = set()
+    probe = Target(class_name, "")
+
+    async def ask(w: Any) -> None:
+        try:
+            reply = await sup.pool.request(w, lambda rid: Admin(rid, "live", probe), wait_ready=0)
+        except DurableObjectError:
+            return
+        if reply.ok and reply.value:
+            live.update(_codec.decode(reply.value))
+
+    with trio.move_on_after(timeout):
+        async with trio.open_nursery() as nursery:
+            for w in sup.pool.workers:
+                if w.state is WorkerState.READY:
+                    nursery.start_soon(ask, w)
+    return live
+
+
 async def object_admin(
     sup: Supervisor, target: Any, op: str, data: bytes = b"", params: dict | None = None
 ) -> Any:
@@ -205,6 +235,7 @@ async def objects_route(
     method = request.method
     if len(rest) == 1 and method == "GET":
         names = sup.db.names(ns_key)
+        live = await _live_ids(sup, class_name)
         objects = []
         for oid in _object_ids(sup, ns_key):
             path = sup.data_dir / "objects" / str(ns_key) / f"{oid}.sqlite"
@@ -213,7 +244,7 @@ async def objects_route(
                     "id": oid,
                     "name": names.get(oid),
                     "bytes": sqlite_file_bytes(path),
-                    "active": False,
+                    "active": oid in live,
                 }
             )
         return json_response({"objects": objects})

@@ -1,5 +1,6 @@
 """Object-level admin operations run by the owning worker (info, delete, export, import,
-inject, run_in_object)."""
+inject, run_in_object), and `live`: the ids of this worker's objects of a class that
+are in memory (the target names only the class)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,14 @@ async def run_admin(worker: Any, msg: Admin) -> bytes:
         from .probes import run_in_object
 
         return await run_in_object(worker, target, msg.data, msg.request_id)
+    if msg.op == "live":
+        return _codec.encode(
+            sorted(
+                oid
+                for (class_name, oid), host in worker.catalog.items()
+                if class_name == target.class_name and host.instance is not None
+            )
+        )
     if msg.op == "info":
         host = worker.catalog.get((target.class_name, target.id))
         path = worker.object_path(target)

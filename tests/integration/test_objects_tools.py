@@ -126,6 +126,32 @@ async def test_list_and_delete_objects_through_the_admin_api(stateroom_runtime):
         assert (await http.get(f"/_stateroom/v1/objects/STORE/{'0' * 64}")).status_code == 400
 
 
+@pytest.mark.stateroom(config=APP, workers=2, evict_after=2)
+async def test_objects_list_shows_the_objects_in_memory_as_active(stateroom_runtime):
+    rt = stateroom_runtime
+    asleep = store(rt, "asleep")
+    await asleep.call("put", "x", 1)
+
+    async def listed() -> dict[str, bool]:
+        return {o["id"]: o["active"] for o in await rt.client.objects("STORE")}
+
+    assert (await listed())[str(asleep.id)] is True, "just called, so in memory"
+    with trio.fail_after(20):
+        while (await listed())[str(asleep.id)]:
+            await trio.sleep(0.1)  # evicted after 2 s idle
+    # Objects in memory on either worker are active; the evicted one is not.
+    awake = [store(rt, f"awake-{i}") for i in range(6)]
+    for s in awake:
+        await s.call("put", "x", 1)
+    active = await listed()
+    assert {str(s.id): True for s in awake}.items() <= active.items(), active
+    assert active[str(asleep.id)] is False
+    out = await cli(rt, "objects", "list", "STORE", "--json")
+    assert out.returncode == 0, out.stderr
+    doc = {o["id"]: o["active"] for o in json.loads(out.stdout)["objects"]}
+    assert doc[str(asleep.id)] is False
+
+
 async def test_cli_lists_exports_imports_and_deletes_objects(stateroom_runtime, tmp_path):
     rt = stateroom_runtime
     src = store(rt, "cli-src")

@@ -74,13 +74,19 @@ class DurableObjectId:
         return int(self._hex[:8], 16)
 
 
+# Names whose ids an IdFactory remembers (cleared whole when full).
+_NAME_CACHE = 4096
+
+
 class IdFactory:
     """Creates and verifies the ids of one namespace, given its secret."""
 
-    __slots__ = ("_secret",)
+    __slots__ = ("_secret", "_by_name")
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        # name -> id hex of names seen lately (two HMACs saved per repeat lookup).
+        self._by_name: dict[str, str] = {}
 
     def _check(self, body: bytes) -> bytes:
         return hmac.new(self._secret, b"check:" + body, hashlib.sha256).digest()[:8]
@@ -88,9 +94,15 @@ class IdFactory:
     def from_name(self, name: str) -> DurableObjectId:
         if not isinstance(name, str):
             raise TypeError(f"object name must be str, not {type(name).__name__}")
-        body = hmac.new(self._secret, b"name:" + name.encode("utf-8"), hashlib.sha256).digest()
-        body = body[:_BODY]
-        return DurableObjectId((body + self._check(body)).hex(), name)
+        hex_id = self._by_name.get(name)
+        if hex_id is None:
+            body = hmac.new(self._secret, b"name:" + name.encode("utf-8"), hashlib.sha256)
+            digest = body.digest()[:_BODY]
+            hex_id = (digest + self._check(digest)).hex()
+            if len(self._by_name) >= _NAME_CACHE:
+                self._by_name.clear()
+            self._by_name[name] = hex_id
+        return DurableObjectId(hex_id, name)
 
     def unique(self) -> DurableObjectId:
         body = os.urandom(_BODY)

@@ -10,14 +10,19 @@ Gates (modelled on workerd's io-gate):
 
 * Order: events start in arrival order. A per-object runner pops the queue and
   starts each event with `nursery.start`, which returns only once the new event
-  has run up to its first real yield, so the next event cannot overtake it.
+  has run up to its first real yield, so the next event cannot overtake it. An
+  event that arrives while nothing is queued or starting, the gate is open and the
+  instance is built runs in its caller's task instead (`run_inline`: no task spawned,
+  the usual case of one request at a time); it is next in order anyway.
 * Input gate: storage calls are synchronous on the worker's trio thread, so no
   other event of the object starts while one runs. At any other await the next
   event may start (interleaving, as in Cloudflare). `block_concurrency_while` and
   `transaction` hold `gate` so the runner starts nothing until they finish.
 * Write coalescing: the first write of a batch opens a SQLite transaction and
-  schedules a flush task; trio runs that task only after the writing task yields
-  at a non-storage await, so every write between two such awaits commits together.
+  hands the object to the worker's committer (`commits.py`), a trio instrument
+  that commits between two loop turns, when every task stands at an await; so
+  every write between two non-storage awaits commits together, and several
+  objects' commits (fsyncs) due at once run in parallel on threads.
 * Output gate: replies, RPC results and WebSocket sends wait for the commit of
   every write made before them: an event commits before its reply is released, and
   `ws.send` during an open transaction is queued until the commit. If a commit
@@ -31,6 +36,7 @@ from __future__ import annotations
 
 import contextvars
 import enum
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -41,7 +47,6 @@ from stateroom._errors import DurableObjectError, ObjectResetError, OverloadedEr
 from stateroom._protocol import Target
 
 from .gates import InputGate
-from .meters import charged
 from .storage import Database
 
 
@@ -166,7 +171,7 @@ class ObjectHost:
         self.last_used = trio.current_time()
         if not self.runner_active:
             self.runner_active = True
-            self.worker.nursery.start_soon(charged(self, self._run_queue))
+            self.worker.nursery.start_soon(self._run_queue)
 
     async def _run_queue(self) -> None:
         try:
@@ -187,19 +192,48 @@ class ObjectHost:
                         break
                 event = self.queue.popleft()
                 if self.instance is None:
+                    cpu0 = time.thread_time()
                     try:
                         self.worker.construct(self)
                     except BaseException as exc:  # constructor failed: fail this event
                         event.finish(error=exc)
                         continue
-                await self.worker.nursery.start(charged(self, self._run_event), event)
+                    finally:
+                        self.counters.cpu_ms += (time.thread_time() - cpu0) * 1000.0
+                await self.worker.nursery.start(self._run_event, event)
         finally:
             self.runner_active = False
+
+    def can_run_inline(self) -> bool:
+        """True when an event arriving now may run in its caller's task at once.
+
+        That is when it would be the next to start anyway: nothing is queued or
+        being started, the gate is open, and the instance is built from the current
+        deployment. Not inside another event's task (`CURRENT_EVENT` set): the caller's
+        steps would then include this event's work (CPU meters, CPU limit).
+        """
+        return (
+            not self.queue
+            and not self.runner_active
+            and self.instance is not None
+            and not self.stale
+            and self.gate.owner is None
+            and CURRENT_EVENT.get() is None
+        )
+
+    async def run_inline(self, event: Event) -> None:
+        """Run `event` in the current task (see `can_run_inline`); returns when done.
+
+        Same steps as an event the runner starts, without spawning a task: the
+        common case of one request at a time to an idle object.
+        """
+        self.last_used = trio.current_time()
+        await self._run_event(event)
 
     async def _run_event(self, event: Event, task_status: Any = trio.TASK_STATUS_IGNORED) -> None:
         event.generation = self.generation
         self.inflight.add(event)
-        CURRENT_EVENT.set(event)
+        token = CURRENT_EVENT.set(event)
         try:
             with trio.CancelScope() as scope:
                 event.scope = scope
@@ -246,6 +280,7 @@ class ObjectHost:
                     )
                 )
         finally:
+            CURRENT_EVENT.reset(token)
             self.inflight.discard(event)
             self.settled.unpark_all()
             self.last_used = trio.current_time()
@@ -269,28 +304,18 @@ class ObjectHost:
         self.reset(reason)
 
     def schedule_flush(self) -> None:
+        """Have the committer (commits.py) commit the open transaction at the end of
+        this loop turn."""
         if not self.flush_scheduled:
             self.flush_scheduled = True
-            self.worker.nursery.start_soon(charged(self, self._flush), self.generation)
-
-    async def _flush(self, generation: int) -> None:
-        # Group commit: events already queued for this object run up to their own
-        # output gate first (their writes join this transaction), so one fsync
-        # releases them all. Bounded, so a busy object still commits promptly.
-        spins = 0
-        while self.queue and self.db.in_txn and spins < 16 and generation == self.generation:
-            spins += 1
-            await trio.lowlevel.checkpoint()
-        self.flush_scheduled = False
-        if generation != self.generation or self.txn_depth:
-            return
-        self._commit_quietly()
+            self.worker.committer.add(self)
 
     async def wait_durable(self) -> None:
         """Output gate: return once every write made so far is committed.
 
-        The commit itself happens in the flush task (group commit). If the object is
-        reset meanwhile the caller sees its generation change (or is cancelled).
+        The commit itself happens in the committer, at the end of the loop turn
+        (group commit). If the object is reset meanwhile the caller sees its
+        generation change (or is cancelled).
         """
         if not self.db.in_txn:
             return
@@ -298,7 +323,7 @@ class ObjectHost:
         self.schedule_flush()
         await waiter.wait()
 
-    def _commit_quietly(self) -> None:
+    def commit_quietly(self) -> None:
         try:
             self.commit()
         except ObjectResetError:
@@ -306,28 +331,51 @@ class ObjectHost:
 
     def commit(self) -> None:
         """Commit the open transaction and release held output. On failure: reset."""
+        if not self.begin_commit():
+            self._released()
+            return
+        cpu0 = time.thread_time()
+        error: BaseException | None = None
+        try:
+            self.db.commit()
+        except Exception as exc:  # noqa: BLE001 - handled by end_commit
+            error = exc
+        self.end_commit(error, time.thread_time() - cpu0)
+
+    def begin_commit(self) -> bool:
+        """The trio-thread steps before a COMMIT; False when there is nothing to commit.
+
+        Announces the writing events' requests first: from here on a crash may
+        leave the write durable, so their failures are no longer retryable (SPEC §8).
+        """
+        if self.txn_depth or not self.db.in_txn:
+            return False
+        self.worker.fault_point("before_commit", self)
+        announce = []
+        for ev in self.inflight:
+            if ev.wrote:
+                ev.wrote = False
+                if not ev.committed:
+                    ev.committed = True
+                    if ev.request_id is not None:
+                        announce.append(ev.request_id)
+        if announce:
+            self.worker.notify_committed(announce)
+        return True
+
+    def end_commit(self, error: BaseException | None, cpu_s: float) -> None:
+        """The trio-thread steps after `db.commit()` (which raised `error`, or not)."""
+        self.counters.cpu_ms += cpu_s * 1000.0
+        if error is not None:
+            self.reset(f"commit failed: {error}")
+            raise ObjectResetError(f"commit failed: {error}", retryable=False) from None
+        self.worker.fault_point("after_commit", self)
+        self._released()
+
+    def _released(self) -> None:
+        """Everything written so far is durable: wake waiters, release held output."""
         if self.txn_depth:
             return
-        if self.db.in_txn:
-            self.worker.fault_point("before_commit", self)
-            # Announce before committing: from here on a crash may leave the write
-            # durable, so the events' failures are no longer retryable (SPEC §8).
-            announce = []
-            for ev in self.inflight:
-                if ev.wrote:
-                    ev.wrote = False
-                    if not ev.committed:
-                        ev.committed = True
-                        if ev.request_id is not None:
-                            announce.append(ev.request_id)
-            if announce:
-                self.worker.notify_committed(announce)
-            try:
-                self.db.commit()
-            except Exception as exc:
-                self.reset(f"commit failed: {exc}")
-                raise ObjectResetError(f"commit failed: {exc}", retryable=False) from None
-            self.worker.fault_point("after_commit", self)
         self._durable.set()
         self._durable = trio.Event()
         if self.pending_output:
@@ -366,7 +414,7 @@ class ObjectHost:
         self._durable = trio.Event()
         self.pending_output.clear()
         self.txn_depth = 0
-        # A flush task of the old generation commits nothing; let new writes schedule one.
+        # The committer finds nothing open for the old generation; let new writes re-add it.
         self.flush_scheduled = False
         try:
             self.db.rollback()

@@ -57,12 +57,26 @@ import trio
 
 from stateroom._errors import ObjectResetError
 
+from .meters import ENABLED as METERS
+
 __all__ = ["CpuLimitExceeded", "Metered", "Watchdog", "LIMIT_EXIT_CODE", "SIGNAL"]
 
 # The signal the watchdog sends to interrupt a runaway step.
 SIGNAL = signal.SIGUSR2
 # Exit status when the watchdog gives up on a step (tier 3) or a stalled loop.
 LIMIT_EXIT_CODE = 71
+
+
+class _NoCounters:
+    """Stands in for an object's counters while meters are off."""
+
+    __slots__ = ("cpu_ms",)
+
+    def __init__(self) -> None:
+        self.cpu_ms = 0.0
+
+
+_NO_COUNTERS = _NoCounters()
 
 
 class CpuLimitExceeded(BaseException):
@@ -261,6 +275,8 @@ class Metered:
     def _drive(self, wd: Watchdog, step: _Step) -> Generator[Any, Any, Any]:
         coro = self.coro
         limit = wd.limit
+        # The object's CPU meter (meters.py) reads the same clock readings.
+        counters = self.host.counters if METERS else _NO_COUNTERS
         send_value: Any = None
         to_throw: BaseException | None = None
         while True:
@@ -279,7 +295,9 @@ class Metered:
             except StopIteration as stop:
                 step.open = False
                 wd.current = previous
-                step.used += time.thread_time() - step.cpu0
+                spent = time.thread_time() - step.cpu0
+                step.used += spent
+                counters.cpu_ms += spent * 1000.0
                 if step.over or step.used > limit:
                     raise CpuLimitExceeded(
                         f"the event exceeded the CPU limit of {limit:g} s ({step.used:.2f} s)"
@@ -288,10 +306,14 @@ class Metered:
             except BaseException:
                 step.open = False
                 wd.current = previous
-                step.used += time.thread_time() - step.cpu0
+                spent = time.thread_time() - step.cpu0
+                step.used += spent
+                counters.cpu_ms += spent * 1000.0
                 raise
             wd.current = previous
-            step.used += time.thread_time() - step.cpu0
+            spent = time.thread_time() - step.cpu0
+            step.used += spent
+            counters.cpu_ms += spent * 1000.0
             if step.over or step.used > limit:
                 # Tier 1: reset (cancels the event's scope); trio unwinds the
                 # coroutine with Cancelled once it takes this trap.

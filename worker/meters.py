@@ -15,19 +15,17 @@ usage since its last report. Who increments what:
 
 CPU attribution. Events of one object interleave with other objects' events on
 the worker's one trio thread, so timing an event from start to end would charge
-it for everyone else's work. Instead the object's own tasks are wrapped with
-`charged(host, fn)`: the wrapper drives the task's coroutine itself and reads
-`time.thread_time()` around every *task step* (the synchronous stretch between
-two awaits), adding the difference to the object's `cpu_ms`. The catalog wraps
-the three kinds of task that work for an object: its runner (which runs the
-constructor), each event's task (handler, storage calls, the commit at its end)
-and the group-commit flush task. Thread CPU time counts only this thread's time
-on the CPU, so waiting for the disk (an fsync) or for another object is not
-charged; the SQLite work of a storage call is. Not charged to any object: worker
-bookkeeping (framing, `Default`) and tasks user code spawns itself
-(`ctx.wait_until`). The cost is two clock reads per step of an object's task and
-nothing for any other task (a trio instrument would pay on every step of every
-task: measured at ~2 µs per step here, several percent of a request).
+it for everyone else's work. Instead the CPU limit's wrapper (`limits.Metered`),
+which already drives each event's coroutine itself and reads `time.thread_time()`
+around every *task step* (the synchronous stretch between two awaits), adds each
+step's time to the object's `cpu_ms` too: one pair of clock reads serves both.
+Besides event steps the catalog charges the constructor and each commit (its
+SQLite work, on whichever thread ran it). Thread CPU time counts only the
+measuring thread's time on the CPU, so waiting for the disk (an fsync) or for
+another object is not charged; the SQLite work of a storage call is. Not charged
+to any object: worker bookkeeping (framing, `Default`) and tasks user code spawns
+itself (`ctx.wait_until`). No trio instrument is used for this (one would pay on
+every step of every task: measured at ~2 µs per step here).
 
 Reports. `take()` builds one row per object with any usage since the last report
 `[ns_key, id, requests, ws_messages_in, cpu_ms, active_s, rows_read,
@@ -41,17 +39,16 @@ counters zeroed in the same synchronous step), unless the worker process dies
 first: a crash loses at most the last second of its usage.
 
 `STATEROOM_METERS=0` in the environment switches metering off (no CPU
-wrappers, no reports) to measure its overhead.
+charging, no reports) to measure its overhead.
 """
 
 from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Coroutine, Generator
 from typing import Any
 
-__all__ = ["WorkerMeters", "charged", "meters_enabled"]
+__all__ = ["ENABLED", "WorkerMeters", "meters_enabled"]
 
 
 def meters_enabled(environ: Any = None) -> bool:
@@ -62,58 +59,6 @@ def meters_enabled(environ: Any = None) -> bool:
 
 # Read once per process: the catalog consults it at every spawn.
 ENABLED = meters_enabled()
-
-
-def charged(
-    host: Any, async_fn: Callable[..., Coroutine[Any, Any, Any]]
-) -> Callable[..., Coroutine[Any, Any, Any]]:
-    """`async_fn` whose task charges the thread CPU of each of its steps to `host`.
-
-    Use it where a task is spawned: `nursery.start_soon(charged(host, fn), *args)`.
-    Returns `async_fn` itself when meters are off.
-    """
-    if not ENABLED:
-        return async_fn
-    counters = host.counters
-
-    async def run(*args: Any, **kwargs: Any) -> Any:
-        return await _Charged(async_fn(*args, **kwargs), counters)
-
-    return run
-
-
-class _Charged:
-    """Awaitable that behaves like `await coro` and adds each step's CPU to `counters`."""
-
-    __slots__ = ("coro", "counters")
-
-    def __init__(self, coro: Coroutine[Any, Any, Any], counters: Any) -> None:
-        self.coro = coro
-        self.counters = counters
-
-    def __await__(self) -> Generator[Any, Any, Any]:
-        coro, counters, clock = self.coro, self.counters, time.thread_time
-        send_value: Any = None
-        to_throw: BaseException | None = None
-        while True:
-            start = clock()
-            try:
-                if to_throw is None:
-                    yielded = coro.send(send_value)
-                else:
-                    yielded = coro.throw(to_throw)
-            except StopIteration as stop:
-                counters.cpu_ms += (clock() - start) * 1000.0
-                return stop.value
-            except BaseException:
-                counters.cpu_ms += (clock() - start) * 1000.0
-                raise
-            counters.cpu_ms += (clock() - start) * 1000.0
-            to_throw = None
-            try:
-                send_value = yield yielded
-            except BaseException as exc:  # thrown in by trio (Cancelled, ...)
-                to_throw, send_value = exc, None
 
 
 class WorkerMeters:

@@ -64,6 +64,7 @@ from stateroom._wire import request_from_wire, request_to_wire, response_from_wi
 
 from .alarms import AlarmStore
 from .catalog import CURRENT_EVENT, Event, HostState, ObjectHost
+from .commits import Committer
 from .context import EntrypointContext, Env, ObjectState
 from .faults import FaultTable
 from .limits import Watchdog
@@ -195,6 +196,9 @@ class Worker:
         self.pitr = Pitr(self)
         self.redeploy = Redeployer(self)
         self.meters = WorkerMeters(self)
+        # Commits every object's writes at the end of each loop turn (commits.py);
+        # installed as a trio instrument once the settings arrive.
+        self.committer = Committer(parallel=False)
         self.stopping = False
 
     # ------------------------------------------------------------------ util
@@ -298,14 +302,21 @@ class Worker:
         self.meters.activated(host)
         self.sockets.on_construct(host)
 
-    async def deliver(self, target: Target, fn: Any, request_id: int | None) -> Any:
-        host = self.host_for(target)
+    async def deliver(
+        self, target: Target, fn: Any, request_id: int | None, host: ObjectHost | None = None
+    ) -> Any:
+        host = host or self.host_for(target)
         event = Event(fn, request_id)
-        host.submit(event)
+        inline = host.can_run_inline()
+        if not inline:
+            host.submit(event)
         if request_id:
             self.events.setdefault(request_id, set()).add(event)
         try:
-            await event.done.wait()
+            if inline:
+                await host.run_inline(event)
+            else:
+                await event.done.wait()
         finally:
             if request_id:
                 events = self.events.get(request_id)
@@ -337,11 +348,13 @@ class Worker:
                 )
                 event.fn = _skip_event
 
-    async def deliver_call(self, target: Target, fn: Any, request_id: int | None) -> Any:
+    async def deliver_call(
+        self, target: Target, fn: Any, request_id: int | None, host: ObjectHost
+    ) -> Any:
         """`deliver` a fetch or RPC: its reply is ready (writes durable, output gate
         open) when the event finishes, which is the `before_reply` crash point."""
         try:
-            result = await self.deliver(target, fn, request_id)
+            result = await self.deliver(target, fn, request_id, host)
         except trio.Cancelled:
             raise
         except BaseException:
@@ -377,8 +390,9 @@ class Worker:
                 )
             return response
 
-        self.meters.count_request(self.host_for(target))
-        return await self.deliver_call(target, fn, request_id)
+        host = self.host_for(target)
+        self.meters.count_request(host)
+        return await self.deliver_call(target, fn, request_id, host)
 
     async def object_rpc(
         self, target: Target, method: str, args: bytes, request_id: int | None
@@ -394,10 +408,14 @@ class Worker:
             result = await getattr(instance, method)(*call_args, **call_kwargs)
             return _codec.encode(result)
 
-        self.meters.count_request(self.host_for(target))
-        return await self.deliver_call(target, fn, request_id)
+        host = self.host_for(target)
+        self.meters.count_request(host)
+        return await self.deliver_call(target, fn, request_id, host)
 
     def evict(self, host: ObjectHost) -> None:
+        if host.db.in_txn and not host.inflight:
+            host.commit_quietly()  # writes of a finished background task, not yet committed
+        self.committer.discard(host)
         key = (host.target.class_name, host.target.id)
         if self.catalog.get(key) is host:
             del self.catalog[key]
@@ -613,6 +631,8 @@ async def run_worker(fd: int, index: int) -> None:
         worker.debug = bool(w.settings.get("debug"))
         worker.data_dir = Path(w.settings["data_dir"])
         worker.shard_count = w.shard_count
+        worker.committer.parallel = w.settings.get("durability", "full") == "full"
+        trio.lowlevel.add_instrument(worker.committer)
         nursery.start_soon(worker.serve_evictions)
         worker.watchdog = Watchdog(worker, float(w.settings.get("cpu_limit", 30.0)))
         worker.watchdog.start(nursery)

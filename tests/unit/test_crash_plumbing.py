@@ -4,6 +4,7 @@ worker's fault table."""
 
 import socket
 import threading
+import types
 
 import pytest
 import trio
@@ -66,6 +67,7 @@ async def test_flush_now_continues_where_a_blocked_writer_stopped():
 class _Host:
     def __init__(self):
         self.resets = []
+        self.counters = types.SimpleNamespace(cpu_ms=0.0)
 
     def reset(self, reason):
         self.resets.append(reason)

@@ -11,7 +11,8 @@ import trio
 from stateroom.supervisor.meters import Meters, Prices, load_prices, parse_time
 from stateroom.supervisor.runtime_db import RuntimeDB
 from stateroom.worker.catalog import Counters
-from stateroom.worker.meters import WorkerMeters, charged, meters_enabled
+from stateroom.worker.limits import Watchdog
+from stateroom.worker.meters import WorkerMeters, meters_enabled
 
 NOW = 1_800_000_000.0
 
@@ -218,8 +219,16 @@ def test_worker_meters_off_reports_nothing(monkeypatch):
     assert m.take() == []
 
 
-async def test_charged_tasks_pay_for_their_own_steps_only():
+async def test_events_pay_for_their_own_steps_only():
+    # The CPU limit's wrapper charges each step of an event to its object's meter.
     busy, idle = fake_host("b" * 64), fake_host("i" * 64)
+    watchdog = Watchdog(types.SimpleNamespace(index=0), cpu_limit=30.0)
+
+    def charged(host, fn):
+        async def run(*args):
+            return await watchdog.metered(host, fn(*args))
+
+        return run
 
     async def spin(seconds):
         for _ in range(4):  # several steps, each spinning

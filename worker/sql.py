@@ -58,7 +58,7 @@ class Cursor:
             raise StopIteration
         row = self._rows[self._pos]
         self._pos += 1
-        return dict(zip(self.column_names, row, strict=False))
+        return dict(zip(self.column_names, row))  # noqa: B905 - same length; strict= costs
 
     def next(self) -> dict[str, Any] | None:
         """The next row, or None when there is none."""
@@ -76,7 +76,7 @@ class Cursor:
             raise SqlError(f"expected exactly one row, got {'none' if not left else left}")
         row = self._rows[self._pos]
         self._pos += 1
-        return dict(zip(self.column_names, row, strict=False))
+        return dict(zip(self.column_names, row))  # noqa: B905 - same length; strict= costs
 
     def __repr__(self) -> str:
         return (

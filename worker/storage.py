@@ -86,13 +86,16 @@ _MAX_PLANS = 512
 
 class _StmtInfo:
     """What one user SQL text does: `scans` (its plan scans a table: count the steps
-    with the profile trace) and `columns` (result column names, for empty results)."""
+    with the profile trace), `columns` (result column names, for empty results) and
+    `readonly` (SQLite's `sqlite3_stmt_readonly`: it writes nothing, so its rows
+    written are 0 without counting)."""
 
-    __slots__ = ("scans", "columns")
+    __slots__ = ("scans", "columns", "readonly")
 
-    def __init__(self, scans: bool, columns: list[str]) -> None:
+    def __init__(self, scans: bool, columns: list[str], readonly: bool) -> None:
         self.scans = scans
         self.columns = columns
+        self.readonly = readonly
 
 
 _FULLSCAN = "SQLITE_STMTSTATUS_FULLSCAN_STEP"
@@ -145,6 +148,19 @@ def prefix_end(prefix: bytes) -> bytes | None:
 
 
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?(\*/|$)", re.S)
+
+
+def _check_query(query: Any) -> None:
+    """Raise unless `query` is a str of at most `MAX_SQL_BYTES` UTF-8 bytes."""
+    if not isinstance(query, str):
+        raise TypeError(f"sql.exec() takes a str query, not {type(query).__name__}")
+    if len(query) * 3 > MAX_SQL_BYTES:
+        size = len(query.encode("utf-8", "surrogatepass"))
+        if size > MAX_SQL_BYTES:
+            raise SqlError(
+                f"SQL statement is {size:,} bytes; the limit is {MAX_SQL_BYTES:,} bytes",
+                apsw.SQLITE_TOOBIG,
+            )
 
 
 def split_statements(query: str) -> list[str]:
@@ -207,6 +223,12 @@ class Database:
         self._plans: dict[str, _StmtInfo] = {}
         # Full-scan steps counted by the profile trace during the current statement.
         self._scan_steps = 0
+        # (connection, cursor): the cursor known statements run on, and the
+        # connection it was made on (reused: making an APSW cursor costs about as
+        # much as running a point query). None until the first, or after an error.
+        # The reference keeps that connection object alive even once closed, so a
+        # new connection is never mistaken for it.
+        self._cursor: tuple[apsw.Connection, apsw.Cursor] | None = None
         # Last measured logical size in bytes, and calls since it was measured.
         self._used_cache = 0
         self._used_age = _SIZE_EVERY
@@ -624,19 +646,14 @@ class Database:
         rows written: rows inserted, updated or deleted (incl. by triggers).
         Raises SqlError (with `.sqlite_code`) and leaves nothing of the call behind.
 
-        A SQL text seen before (one statement, already checked) takes a fast path:
-        no statement splitting, no savepoint (one statement is atomic by itself) and
-        the profile trace only if its plan scans a table.
+        A SQL text seen before (one statement, already checked: a str within the
+        length limit) takes a fast path: no statement splitting, no savepoint (one
+        statement is atomic by itself), a reused APSW cursor, the profile trace only
+        if its plan scans a table, and no change count if it is read-only.
         """
-        if not isinstance(query, str):
-            raise TypeError(f"sql.exec() takes a str query, not {type(query).__name__}")
-        if len(query) * 3 > MAX_SQL_BYTES:
-            size = len(query.encode("utf-8", "surrogatepass"))
-            if size > MAX_SQL_BYTES:
-                raise SqlError(
-                    f"SQL statement is {size:,} bytes; the limit is {MAX_SQL_BYTES:,} bytes",
-                    apsw.SQLITE_TOOBIG,
-                )
+        info = self._plans.get(query) if type(query) is str else None
+        if info is None:
+            _check_query(query)
         if len(bindings) > MAX_BINDINGS:
             raise SqlError(
                 f"{len(bindings)} bound parameters; the limit is {MAX_BINDINGS} per statement",
@@ -645,7 +662,6 @@ class Database:
         conn = self.conn
         if conn is None or not self.in_txn:
             conn = self.write_conn()
-        info = self._plans.get(query)
         if info is not None:
             # Inline `_used_estimate()`: this is the hot path of every known statement.
             self._used_age += 1
@@ -663,7 +679,14 @@ class Database:
         self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...], info: _StmtInfo
     ) -> tuple[list[str], list[tuple[Any, ...]], int, int]:
         policy = self.policy
-        before = conn.total_changes()
+        reuse = self._cursor
+        if reuse is not None and reuse[0] is conn:
+            cursor = reuse[1]
+        else:
+            cursor = conn.cursor()
+            self._cursor = (conn, cursor)
+        writes = not info.readonly
+        before = conn.total_changes() if writes else 0
         self._scan_steps = 0
         scans = info.scans
         if scans:
@@ -671,9 +694,10 @@ class Database:
         policy.user = True
         policy.refused = None
         try:
-            rows = conn.execute(query, bindings).fetchall()
+            rows = cursor.execute(query, bindings).fetchall()
         except apsw.Error as exc:
             policy.user = False
+            self._cursor = None
             self._after_error(exc)
             raise self._sql_error(exc) from None
         finally:
@@ -682,7 +706,8 @@ class Database:
                 conn.trace_v2(0, None, id=_TRACE_ID)
         if policy.schema_changed:
             self.forget_plans()
-        return info.columns, rows, self._scan_steps + len(rows), conn.total_changes() - before
+        written = conn.total_changes() - before if writes else 0
+        return info.columns, rows, self._scan_steps + len(rows), written
 
     def _sql_exec_full(
         self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...]
@@ -694,8 +719,11 @@ class Database:
         cache = False
         policy = self.policy
         columns: list[str] = []
+        # Whether the last statement writes nothing (False until known).
+        readonly = [False]
 
         def on_exec(cursor: apsw.Cursor, sql: str, _bindings: Any) -> bool:
+            readonly[0] = cursor.is_readonly
             try:
                 columns[:] = [d[0] for d in cursor.get_description()]
             except apsw.ExecutionCompleteError:
@@ -734,13 +762,19 @@ class Database:
         if policy.schema_changed:
             self.forget_plans()
         elif len(statements) == 1 and not reserved:
-            self._learn(conn, query, bindings, columns)
+            self._learn(conn, query, bindings, columns, readonly[0])
         return columns, rows, read, written
 
     def _learn(
-        self, conn: apsw.Connection, query: str, bindings: tuple[Any, ...], columns: list[str]
+        self,
+        conn: apsw.Connection,
+        query: str,
+        bindings: tuple[Any, ...],
+        columns: list[str],
+        readonly: bool,
     ) -> None:
-        """Remember a statement that ran: whether its plan scans a table, its columns."""
+        """Remember a statement that ran: whether its plan scans a table, its columns,
+        whether it is read-only."""
         if len(self._plans) >= _MAX_PLANS:
             self._plans.clear()
         try:
@@ -750,7 +784,7 @@ class Database:
         scans = any(
             str(row[-1]).startswith("SCAN ") and "CONSTANT ROW" not in str(row[-1]) for row in plan
         )
-        self._plans[query] = _StmtInfo(scans, list(columns))
+        self._plans[query] = _StmtInfo(scans, list(columns), readonly)
 
     def forget_plans(self) -> None:
         """The schema may have changed: statements are looked at afresh."""

@@ -194,3 +194,32 @@ def test_statements_seen_before_still_count_scans_and_name_columns(tmp_path):
     assert db.sql_exec("SELECT * FROM t WHERE a < 0", ())[0] == ["a", "b", "c"]
     db.commit()
     db.close()
+
+
+def test_statements_seen_before_count_writes_fail_cleanly_and_survive_a_reopen(tmp_path):
+    db = open_db(tmp_path / "obj.sqlite")
+    db.sql_exec(
+        "CREATE TABLE t(a UNIQUE, b); CREATE TABLE log(a);"
+        " CREATE TRIGGER t_log AFTER INSERT ON t BEGIN INSERT INTO log VALUES (new.a); END",
+        (),
+    )
+    insert = "INSERT INTO t VALUES (?, ?)"
+    for i in range(3):  # the first run learns the statement, later runs take the fast path
+        _, rows, read, written = db.sql_exec(insert, (i, "x"))
+        assert (rows, read, written) == ([], 0, 2), f"run {i}: the row and its trigger's row"
+    # A failing run on the fast path raises, writes nothing, and the next run works.
+    with pytest.raises(SqlError, match="UNIQUE"):
+        db.sql_exec(insert, (1, "again"))
+    assert db.sql_exec(insert, (3, "x"))[3] == 2
+    assert db.sql_exec("SELECT count(*) FROM log", ())[1] == [(4,)]
+    # Limits hold for a known statement too.
+    with pytest.raises(SqlError, match="the limit is 100"):
+        db.sql_exec(insert, tuple(range(101)))
+    db.commit()
+    # A new connection (evicted, then used again): the statement runs on it, learnt again.
+    db.close()
+    for i in (4, 5):
+        assert db.sql_exec(insert, (i, "y"))[3] == 2
+    assert db.sql_exec("SELECT a FROM t WHERE b = ?", ("y",))[1] == [(4,), (5,)]
+    db.commit()
+    db.close()

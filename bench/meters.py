@@ -2,7 +2,7 @@
 
 (a) HTTP counter through `Default`, 32 wrk clients over 100 objects. Two runtimes
     run side by side for the whole benchmark, one with meters on and one with
-    meters off (`STATEROOM_METERS=0`: no CPU wrappers, no reports; the baseline),
+    meters off (`STATEROOM_METERS=0`: no CPU charging, no reports; the baseline),
     and are loaded in turn: rounds go on, off, off, on, on, off, … so each pair of
     neighbouring rounds sees the same machine, and a drift in background load
     (two other engineers share these 2 cores) cancels out. Reported: the median
@@ -18,8 +18,9 @@
     16 real child processes, `ProcessSampler.sample_round()` and the per-process
     `sample()` that `/v1/processes` does; and `GET /_stateroom/v1/processes` on a
     runtime with 16 workers.
-(d) in-process: the CPU cost of one task step with and without the CPU meter
-    wrapper, and of one worker report over 1000 busy objects.
+(d) in-process: the CPU cost of one task step, plain and inside an event's
+    wrapper (the CPU limit's, which also feeds the CPU meter) with meters off and
+    on, and of one worker report over 1000 busy objects.
 
 Usage: python bench/meters.py [--seconds 4] [--pairs 6] [--workers 2]
 """
@@ -202,25 +203,40 @@ async def processes_api_cost(n: int = 100) -> dict[str, float]:
 
 
 async def wrapper_cost(steps: int = 200_000) -> dict[str, float]:
-    """Process CPU per task step of a plain task and of a `charged` one (in-process)."""
-    from stateroom.worker.catalog import Counters
-    from stateroom.worker.meters import charged
+    """Process CPU per task step: plain, and inside an event's wrapper (the CPU limit's,
+    which also feeds the CPU meter) with meters off and on (in-process)."""
+    import types
 
-    host = type("Host", (), {})()
-    host.counters = Counters()
+    from stateroom.worker import limits
+    from stateroom.worker.catalog import Counters
+
+    watchdog = limits.Watchdog(types.SimpleNamespace(index=0), cpu_limit=30.0)
+    host = types.SimpleNamespace(counters=Counters())
 
     async def stepper() -> None:
         for _ in range(steps):
             await trio.lowlevel.checkpoint()
 
+    async def wrapped() -> None:
+        await watchdog.metered(host, stepper())
+
     out = {}
-    for name, fn in (("plain", stepper), ("charged", charged(host, stepper))):
-        best = float("inf")
-        for _ in range(3):
-            t = time.process_time()
-            await fn()
-            best = min(best, time.process_time() - t)
-        out[name] = best / steps * 1e6
+    metering = limits.METERS
+    try:
+        for name, fn, meters in (
+            ("plain", stepper, metering),
+            ("event, meters off", wrapped, False),
+            ("event, meters on", wrapped, True),
+        ):
+            limits.METERS = meters
+            best = float("inf")
+            for _ in range(3):
+                t = time.process_time()
+                await fn()
+                best = min(best, time.process_time() - t)
+            out[name] = best / steps * 1e6
+    finally:
+        limits.METERS = metering
     return out
 
 
@@ -272,7 +288,14 @@ async def main() -> None:
         "(d) in-process costs of metering (process CPU, best of 3)",
         [
             {"figure": "task step, plain", "µs": wrap["plain"]},
-            {"figure": "task step, charged (CPU meter)", "µs": wrap["charged"]},
+            {
+                "figure": "task step of an event (CPU limit), meters off",
+                "µs": wrap["event, meters off"],
+            },
+            {
+                "figure": "task step of an event (CPU limit), meters on",
+                "µs": wrap["event, meters on"],
+            },
             {
                 "figure": "worker report take(), 1000 busy objects (once a second)",
                 "µs": take_ms * 1e3,

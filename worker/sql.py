@@ -100,11 +100,13 @@ class SqlStorage:
         host = self._host
         columns, rows, read, written = host.db.sql_exec(query, bindings)
         host.note_write()
-        gate = host.gate
-        if host.txn_depth and gate.locked() and not gate.held_by_current_task():
-            host.txn_foreign_writes = True
-        host.counters.rows_read += read
-        host.counters.rows_written += written
+        if host.txn_depth:
+            gate = host.gate
+            if gate.locked() and not gate.held_by_current_task():
+                host.txn_foreign_writes = True
+        counters = host.counters
+        counters.rows_read += read
+        counters.rows_written += written
         return Cursor(columns, rows, read, written)
 
     @property

@@ -123,6 +123,7 @@ class ObjectHost:
         self.db = db
         db.on_first_write = self._on_first_write
         db.on_txn_lost = self._on_txn_lost
+        db.on_commit_done = self.finish_background_commit
         self.state = HostState.LOADING
         # The user's DurableObject instance; None until constructed / after reset.
         self.instance: Any = None
@@ -178,6 +179,10 @@ class ObjectHost:
             while self.queue:
                 async with self.gate:
                     pass
+                if self.db.committing:
+                    # No event starts while the object's commit runs on a thread.
+                    await self._durable.wait()
+                    continue
                 if not self.queue:
                     break
                 if self.stale and self.instance is not None:
@@ -218,6 +223,7 @@ class ObjectHost:
             and self.instance is not None
             and not self.stale
             and self.gate.owner is None
+            and not self.db.committing
             and CURRENT_EVENT.get() is None
         )
 
@@ -348,6 +354,8 @@ class ObjectHost:
         Announces the writing events' requests first: from here on a crash may
         leave the write durable, so their failures are no longer retryable (SPEC §8).
         """
+        if self.db.committing:
+            self.finish_background_commit()
         if self.txn_depth or not self.db.in_txn:
             return False
         self.worker.fault_point("before_commit", self)
@@ -362,6 +370,38 @@ class ObjectHost:
         if announce:
             self.worker.notify_committed(announce)
         return True
+
+    def commit_in_background(self, pool: Any) -> bool:
+        """Start committing on a committer thread (commits.py); False if nothing to commit.
+
+        Until it ends (`finish_background_commit`, called from the trio thread when
+        the thread is done, or earlier by whoever needs the connection) the input
+        gate stays closed to new events, output stays held and `wait_durable` waits.
+        """
+        if not self.begin_commit():
+            self._released()
+            return False
+        future = self.db.commit_in_background(pool)
+        token = trio.lowlevel.current_trio_token()
+
+        def done(_future: Any) -> None:
+            try:
+                token.run_sync_soon(self.finish_background_commit)
+            except trio.RunFinishedError:
+                pass
+
+        future.add_done_callback(done)
+        return True
+
+    def finish_background_commit(self) -> None:
+        """End a background commit on the trio thread (waiting for it if need be)."""
+        result = self.db.finish_commit()
+        if result is None:
+            return  # already ended
+        try:
+            self.end_commit(*result)
+        except ObjectResetError:
+            pass  # the object was reset: its events fail with this
 
     def end_commit(self, error: BaseException | None, cpu_s: float) -> None:
         """The trio-thread steps after `db.commit()` (which raised `error`, or not)."""
@@ -409,6 +449,8 @@ class ObjectHost:
 
     def reset(self, reason: str) -> None:
         """Discard the instance and uncommitted writes; fail events in flight."""
+        if self.db.committing:
+            self.finish_background_commit()  # what it committed stays committed
         self.generation += 1
         self._durable.set()
         self._durable = trio.Event()

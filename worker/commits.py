@@ -14,31 +14,34 @@ trio has tasks ready, so the loop comes straight back), its commit waits up to
 `MAX_SPINS` iterations so those events' writes join the same transaction and one
 fsync releases them all. When the loop is about to sleep, everything commits.
 
-Parallel fsyncs: with `--durability full` each object's COMMIT ends in an fsync of
-its own WAL. When several objects are due in the same iteration, their COMMITs
-run at once on a small thread pool (APSW releases the GIL inside SQLite), so the
-kernel overlaps the fsyncs (ext4 folds concurrent ones into one journal commit)
-and the loop waits for the slowest instead of the sum. The trio thread blocks
-until they are all done, so no other code touches those connections meanwhile;
-the steps that must run on the trio thread (fault points, the `Committed`
-announcement, waking the events, releasing held output) run before and after,
-in `ObjectHost.begin_commit` / `end_commit`.
+Where the COMMIT runs. Under `--durability process` there is no fsync to wait for:
+every commit runs right here. Under `full` each COMMIT ends in an fsync of the
+object's WAL, so the loop does not wait for it unless it has nothing else to do
+(exactly one commit due and no task ready): otherwise each due object's COMMIT
+runs on a small thread pool (`ObjectHost.commit_in_background`; APSW releases the
+GIL inside SQLite), so different objects' fsyncs overlap (ext4 folds concurrent
+ones into one journal commit) and the loop keeps serving other objects meanwhile.
+While an object's COMMIT runs on a thread: no new event of it starts (its runner
+waits, `can_run_inline` is False), its output stays held and `wait_durable`
+waits (`db.in_txn` stays True until the end), and any use of its connection from
+the trio thread first waits for the COMMIT to end (`Database.conn`), so the
+connection is never used by two threads. The end (`finish_background_commit`:
+fault point, waking the events, releasing held output) runs on the trio thread,
+scheduled by the thread through the trio token. The steps before it (fault point,
+the `Committed` announcement) ran on the trio thread too (`begin_commit`).
 
 Invariant: a host is in `pending` iff it may hold an open transaction nobody has
 arranged to commit; the hook never raises (trio would drop an instrument that
-raises), errors reset their object in `end_commit`.
+raises), errors reset their object.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import sys
-import time
 from typing import Any
 
 import trio
-
-from stateroom._errors import ObjectResetError
 
 __all__ = ["Committer", "MAX_SPINS"]
 
@@ -50,16 +53,6 @@ THREADS = 8
 
 def _nothing() -> None:
     pass
-
-
-def _commit_in_thread(db: Any) -> tuple[BaseException | None, float]:
-    """`db.commit()` on a pool thread: (error, thread CPU seconds it took)."""
-    start = time.thread_time()
-    try:
-        db.commit()
-    except BaseException as exc:  # noqa: BLE001 - handed back to the trio thread
-        return exc, time.thread_time() - start
-    return None, time.thread_time() - start
 
 
 class Committer(trio.abc.Instrument):
@@ -96,12 +89,13 @@ class Committer(trio.abc.Instrument):
     def run(self, may_wait: bool = False) -> bool:
         """Commit the pending transactions that are due (all of them unless `may_wait`).
 
-        Returns True when it committed (or released) anything.
+        Returns True when it woke anyone here (a commit done on this thread).
         """
         due = []
         for host, spins in list(self.pending.items()):
-            if not host.db.in_txn or host.txn_depth:
-                # Nothing open, or inside `storage.transaction` (its end re-adds it).
+            if not host.db.in_txn or host.txn_depth or host.db.committing:
+                # Nothing open, inside `storage.transaction` (its end re-adds it),
+                # or already committing (its end releases every waiter).
                 del self.pending[host]
                 host.flush_scheduled = False
                 continue
@@ -113,35 +107,22 @@ class Committer(trio.abc.Instrument):
             due.append(host)
         if not due:
             return False
-        if len(due) == 1 or not self.parallel:
+        if not self.parallel or (len(due) == 1 and not may_wait):
+            # No fsync to wait for (`process`), or one commit while the loop has
+            # nothing else to do: commit right here.
             for host in due:
                 host.commit_quietly()
-        else:
-            self._commit_together(due)
-        return True
-
-    def _commit_together(self, hosts: list[Any]) -> None:
-        started = []
-        for host in hosts:
-            try:
-                if host.begin_commit():
-                    started.append(host)
-                else:
-                    host.commit_quietly()  # nothing to commit: release waiters
-            except Exception as exc:  # noqa: BLE001 - this object only
-                host.reset(f"commit failed: {exc}")
-        if not started:
-            return
+            return True
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(
                 max_workers=THREADS, thread_name_prefix="stateroom-commit"
             )
-        futures = [self._pool.submit(_commit_in_thread, h.db) for h in started[1:]]
-        # The first one here, on the trio thread, while the others run.
-        results = [_commit_in_thread(started[0].db)]
-        results += [f.result() for f in futures]
-        for host, (error, cpu_s) in zip(started, results, strict=True):
+        released = False
+        for host in due:
             try:
-                host.end_commit(error, cpu_s)
-            except ObjectResetError:
-                pass  # the object was reset; its events fail with this error
+                released |= not host.commit_in_background(self._pool)
+            except Exception as exc:  # noqa: BLE001 - this object only
+                host.reset(f"commit failed: {exc}")
+                released = True
+        # Background commits wake the loop themselves when they end.
+        return released

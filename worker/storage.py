@@ -44,10 +44,12 @@ is reset).
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import re
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -209,7 +211,14 @@ class Database:
         self.path = Path(path)
         self.durability = durability
         self.max_db_bytes = int(max_db_bytes)
-        self.conn: apsw.Connection | None = None
+        self._conn: apsw.Connection | None = None
+        # A COMMIT running on a committer thread (commits.py), or None. While it
+        # runs, `conn` is not touched from the trio thread: reading `conn` first
+        # waits for it (`_settle`), so the connection is never used by two threads.
+        self._commit: concurrent.futures.Future[tuple[BaseException | None, float]] | None = None
+        # Called (on the trio thread) by `_settle` once a background COMMIT has
+        # finished and before `conn` is handed out: the host ends the commit there.
+        self.on_commit_done: Callable[[], None] = _nothing
         self.in_txn = False
         self.on_first_write = on_first_write
         self.on_txn_lost: Callable[[str], None] = _ignore
@@ -235,8 +244,66 @@ class Database:
 
     # ------------------------------------------------------------- lifecycle
 
+    @property
+    def conn(self) -> apsw.Connection | None:
+        """The open connection (None when closed), once no COMMIT runs in the background."""
+        if self._commit is not None:
+            self.on_commit_done()
+        return self._conn
+
+    @conn.setter
+    def conn(self, value: apsw.Connection | None) -> None:
+        self._conn = value
+
+    @property
+    def committing(self) -> bool:
+        """True while a COMMIT of this database runs on a committer thread."""
+        return self._commit is not None
+
+    def commit_in_background(
+        self, pool: concurrent.futures.Executor
+    ) -> concurrent.futures.Future[tuple[BaseException | None, float]]:
+        """Start the COMMIT of the open transaction on `pool`; `finish_commit` ends it.
+
+        `in_txn` stays True until then: output stays held, new writes wait.
+        """
+        assert self.in_txn and self._commit is None
+        self._commit = pool.submit(self._commit_on_thread)
+        return self._commit
+
+    def _commit_on_thread(self) -> tuple[BaseException | None, float]:
+        """(error, thread CPU seconds) of the COMMIT, run on a committer thread."""
+        start = time.thread_time()
+        conn = self._conn
+        assert conn is not None
+        try:
+            self._commit_on(conn)
+        except BaseException as exc:  # noqa: BLE001 - handed to the trio thread
+            return exc, time.thread_time() - start
+        return None, time.thread_time() - start
+
+    def _commit_on(self, conn: apsw.Connection) -> None:
+        """COMMIT (rolled back if it fails), then let the PITR history archive."""
+        try:
+            conn.execute("COMMIT", can_cache=False)
+        except apsw.Error:
+            if not conn.getautocommit():
+                conn.execute("ROLLBACK", can_cache=False)
+            raise
+        if self.history is not None:
+            self.history.after_commit(conn)
+
+    def finish_commit(self) -> tuple[BaseException | None, float] | None:
+        """Wait for the background COMMIT (trio thread); (error, cpu s), or None if none."""
+        future, self._commit = self._commit, None
+        if future is None:
+            return None
+        result = future.result()
+        self.in_txn = False
+        return result
+
     def exists(self) -> bool:
-        return self.conn is not None or self.path.exists()
+        return self._conn is not None or self.path.exists()
 
     def open(self, create: bool) -> apsw.Connection | None:
         """The open connection; opens the file (creating it only if `create`).
@@ -341,19 +408,12 @@ class Database:
 
     def commit(self) -> None:
         """Commit the open transaction (fsynced under `full`). Raises on failure."""
+        conn = self.conn  # (waits for a background COMMIT first)
         if not self.in_txn:
             return
-        conn = self.conn
         assert conn is not None
         self.in_txn = False
-        try:
-            self._x("COMMIT")
-        except apsw.Error:
-            if not conn.getautocommit():
-                self._x("ROLLBACK")
-            raise
-        if self.history is not None:
-            self.history.after_commit(conn)
+        self._commit_on(conn)
 
     def rollback(self) -> None:
         if self.in_txn and self.conn is not None:
@@ -901,6 +961,10 @@ def load_sqlite_image(data: bytes, page_size: int) -> apsw.Connection:
 
 def remove_tree(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
+
+
+def _nothing() -> None:
+    pass
 
 
 def _ignore(reason: str) -> None:

@@ -55,3 +55,26 @@ async def test_many_objects_interleave_without_interference(stateroom_runtime):
                 nursery.start_soon(run, stub)
     for stub in stubs:
         assert await stub.call("get", "n") == 25
+
+
+async def test_objects_committing_at_once_lose_no_acknowledged_write(stateroom_runtime):
+    # 40 objects written concurrently: their commits fall due together and run on
+    # the committer's threads (full durability). Every answer seen must survive a
+    # kill -9 of every process, and each object's increments stay exact.
+    rt = stateroom_runtime
+    stubs = [rt.namespace("STORE").get_by_name(f"many-{i}") for i in range(40)]
+    seen: dict[int, list[int]] = {i: [] for i in range(40)}
+
+    async def run(i: int) -> None:
+        seen[i].extend(await hammer(stubs[i], "incr", 10))
+
+    with trio.fail_after(60):
+        async with trio.open_nursery() as nursery:
+            for i in range(40):
+                nursery.start_soon(run, i)
+    for i in range(40):
+        assert sorted(seen[i]) == list(range(1, 11)), f"object many-{i}"
+    await rt.restart(kill=True)
+    stubs = [rt.namespace("STORE").get_by_name(f"many-{i}") for i in range(40)]
+    for i, stub in enumerate(stubs):
+        assert await stub.call("get", "n") == 10, f"object many-{i}"

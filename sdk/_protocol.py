@@ -201,9 +201,11 @@ class Call(_Msg):
 class Committed(_Msg):
     """Worker -> supervisor: the event `request_id` is about to make a durable write.
 
-    Written to the socket (`FramedConnection.flush_now`) *before* the COMMIT starts,
-    so if the worker dies at any later moment the supervisor knows the write may
-    have happened and reports the failure as not retryable.
+    Recorded in the commit log shared with the supervisor (`stateroom._commitlog`)
+    *before* the COMMIT starts, and sent as this frame without waiting; so if the
+    worker dies at any later moment the supervisor knows the write may have happened
+    (from the frame, or from the log it reads after the death) and reports the
+    failure as not retryable.
     """
 
     request_id: int

@@ -10,11 +10,13 @@ the shards (`fencing.py` extends this across supervisor lifetimes).
 
 Crash detection: the process's exit (trio waits on a pidfd) or the socket's EOF,
 whichever comes first. Frames the worker wrote before dying are still read (the
-reader drains the socket to EOF), so a `Committed` it sent is never missed.
+reader drains the socket to EOF), so a `Committed` it sent is never missed; one it
+had no time to send is in its commit log (`stateroom._commitlog`: shared memory the
+worker writes before each COMMIT), read once the process is dead.
 
 Calls caught by a crash fail with `WorkerCrashedError`, `retryable=True` unless the
-call may have had a durable effect: the worker announced (`Committed`, sent before
-the COMMIT) a write for it, or a call made on the request's behalf in another
+call may have had a durable effect: the worker announced (commit log and
+`Committed`, before the COMMIT) a write for it, or a call made on the request's behalf in another
 worker (`Call.origin`, relayed here: the request's *subtree*) did. When the dead
 worker leaves calls of the subtree running elsewhere, the request is settled, not
 failed at once: those calls are abandoned (`Abandon`: their events stop unless they
@@ -47,6 +49,7 @@ from typing import Any
 
 import trio
 
+from stateroom._commitlog import CommitLog
 from stateroom._errors import DurableObjectError, WorkerCrashedError
 from stateroom._framing import FramedConnection
 from stateroom._protocol import (
@@ -186,6 +189,8 @@ class WorkerPool:
         self._spare: tuple[trio.Process, socket.socket] | None = None
         # Cancels the task watching the spare (taking it stops the watch).
         self._spare_scope: trio.CancelScope | None = None
+        # pid -> commit log of each worker process started and not yet settled.
+        self.commit_logs: dict[int, CommitLog] = {}
         self.use_spare = os.environ.get("STATEROOM_SPARE_WORKER", "1").strip() not in (
             "0",
             "false",
@@ -241,9 +246,14 @@ class WorkerPool:
                 await trio.sleep(min(MAX_BACKOFF_S, 0.25 * 2 ** (quick_deaths - FREE_RESTARTS - 1)))
 
     async def _spawn(self, index: int) -> tuple[trio.Process, socket.socket]:
-        """Start a worker process for slot `index` (-1: a spare); (process, our socket end)."""
+        """Start a worker process for slot `index` (-1: a spare); (process, our socket end).
+
+        The process's commit log (`stateroom._commitlog`) is kept in `self.commit_logs`
+        by pid until it has been read after the process's death.
+        """
         parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         fd = child_sock.fileno()
+        log = CommitLog.create()
         env = dict(os.environ)
         env["STATEROOM_WORKER_INDEX"] = str(index)
         # The C allocator with a fixed mmap threshold from the first allocation on, so
@@ -252,17 +262,29 @@ class WorkerPool:
         env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
         try:
             process = await trio.lowlevel.open_process(
-                [sys.executable, "-m", "stateroom.worker", "--fd", str(fd), "--index", str(index)],
-                pass_fds=(fd,),
+                [
+                    sys.executable,
+                    "-m",
+                    "stateroom.worker",
+                    "--fd",
+                    str(fd),
+                    "--index",
+                    str(index),
+                    "--commit-log",
+                    str(log.fd),
+                ],
+                pass_fds=(fd, log.fd),
                 env=env,
                 stdin=subprocess.DEVNULL,
                 start_new_session=False,
             )
         except BaseException:
             parent_sock.close()
+            log.close()
             raise
         finally:
             child_sock.close()
+        self.commit_logs[process.pid] = log
         if self.registry is not None:
             self.registry.record(index, process.pid)
         return process, parent_sock
@@ -277,10 +299,17 @@ class WorkerPool:
             return None
         if spare[0].returncode is not None:
             spare[1].close()
+            self._drop_log(spare[0].pid)
             return None
         if self.nursery is not None and not self.stopping:
             self.nursery.start_soon(self._keep_spare)
         return spare
+
+    def _drop_log(self, pid: int) -> None:
+        """Release the commit log of a process that never served (a spare)."""
+        log = self.commit_logs.pop(pid, None)
+        if log is not None:
+            log.close()
 
     async def _first_spare(self) -> None:
         # A moment after start-up, so the spare does not compete with it (and a
@@ -303,6 +332,7 @@ class WorkerPool:
             if self.stopping:
                 process.kill()
                 sock.close()
+                self._drop_log(process.pid)
                 return
             self._spare = (process, sock)
             with trio.CancelScope() as scope:
@@ -312,6 +342,7 @@ class WorkerPool:
                 if self._spare is not None and self._spare[0] is process:
                     self._spare = None
                     sock.close()
+                    self._drop_log(process.pid)
                     print(
                         f"stateroom: the spare worker (pid {process.pid}) exited with code"
                         f" {process.returncode}",
@@ -415,6 +446,15 @@ class WorkerPool:
 
     def _fail_pending(self, w: WorkerProc, code: int | None) -> None:
         pending, w.pending = w.pending, {}
+        log = self.commit_logs.pop(w.pid, None) if w.pid is not None else None
+        if log is not None:
+            # Requests whose COMMIT the dead process had begun (their `Committed`
+            # frames may not have left it): their failures are not retryable.
+            for rid in log.announced():
+                p = pending.get(rid)
+                if p is not None:
+                    p.mark_committed()
+            log.close()
         for p in pending.values():
             if p.event.is_set():
                 continue

@@ -13,8 +13,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="stateroom-worker")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--index", type=int, required=True)
+    parser.add_argument("--commit-log", type=int, default=-1)
     args = parser.parse_args()
-    trio.run(run_worker, args.fd, args.index)
+    trio.run(run_worker, args.fd, args.index, args.commit_log)
 
 
 if __name__ == "__main__":

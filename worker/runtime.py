@@ -26,6 +26,7 @@ import cloudpickle
 import trio
 
 from stateroom import _codec
+from stateroom._commitlog import CommitLog
 from stateroom._errors import (
     BindingNotFoundError,
     DurableObjectError,
@@ -199,6 +200,8 @@ class Worker:
         # Commits every object's writes at the end of each loop turn (commits.py);
         # installed as a trio instrument once the settings arrive.
         self.committer = Committer(parallel=False)
+        # Shared with the supervisor: requests about to commit (see notify_committed).
+        self.commit_log: CommitLog | None = None
         self.stopping = False
 
     # ------------------------------------------------------------------ util
@@ -212,12 +215,20 @@ class Worker:
 
     def notify_committed(self, request_ids: list[int]) -> None:
         """Tell the supervisor, before the COMMIT runs, that these requests are about
-        to make a durable write (so their failures are no longer retryable). The
-        frames are handed to the kernel now: a kill right after the commit cannot
-        lose them."""
+        to make a durable write (so their failures are no longer retryable).
+
+        They go into the commit log shared with the supervisor (`_commitlog.py`: a
+        kill right after the commit cannot lose them, and no system call is made),
+        and as `Committed` frames that leave with the next write. Without a log
+        the frames are handed to the kernel now.
+        """
+        log = self.commit_log
         for rid in request_ids:
+            if log is not None:
+                log.announce(rid)
             self.conn.send(Committed(rid))
-        self.conn.flush_now()
+        if log is None:
+            self.conn.flush_now()
 
     def fault_point(self, point: str, host: ObjectHost) -> None:
         """Crash here if a fault is armed for `point` and this object (faults.py)."""
@@ -592,13 +603,15 @@ class Worker:
         return response
 
 
-async def run_worker(fd: int, index: int) -> None:
+async def run_worker(fd: int, index: int, commit_log_fd: int = -1) -> None:
     import socket as _socket
 
     sock = trio.socket.from_stdlib_socket(_socket.socket(fileno=fd))
     stream = trio.SocketStream(sock)
     conn = FramedConnection(stream)
     worker = Worker(index, conn)
+    if commit_log_fd >= 0:
+        worker.commit_log = CommitLog(commit_log_fd)
     welcome: list[Welcome] = []
     got_welcome = trio.Event()
 

@@ -93,6 +93,20 @@ async def test_rpc_caught_after_its_write_committed_fails_not_retryable(stateroo
     assert await eventually("the object after the crash", lambda: stub.get("k")) == "written"
 
 
+async def test_a_worker_dying_right_after_its_commit_fails_the_call_not_retryable(
+    stateroom_runtime,
+):
+    # The worker dies in the same step as its COMMIT, so its `Committed` frame never
+    # leaves it: the supervisor learns of the write from the commit log it shares
+    # with the worker, and the call is not retryable (the write is there).
+    rt = stateroom_runtime
+    stub = box(rt, "die-after-commit")
+    with pytest.raises(DurableObjectError) as caught:
+        await stub.put_then_die("k", "kept")
+    assert caught.value.retryable is False, caught.value
+    assert await eventually("the object after the crash", lambda: stub.get("k")) == "kept"
+
+
 async def test_sdk_fetch_caught_by_a_worker_kill_is_503_with_retry_after(stateroom_runtime):
     rt = stateroom_runtime
     stub = box(rt, "sdk-fetch")

@@ -37,6 +37,13 @@ class Box(DurableObject):
     async def get(self, key):
         return await self.ctx.storage.get(key)
 
+    async def put_then_die(self, key, value):
+        # The write commits in `sync()`; the process then dies before any other
+        # code runs, so nothing queued after the COMMIT leaves it.
+        await self.ctx.storage.put(key, value)
+        await self.ctx.storage.sync()
+        os._exit(9)
+
     async def put_then_sleep(self, key, value, seconds):
         await self.ctx.storage.put(key, value)
         await trio.sleep(seconds)  # the write commits here, before the reply

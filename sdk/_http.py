@@ -183,6 +183,19 @@ class Headers(MultiDict):
     def _norm_name(self, name: str) -> str:
         return name.lower()
 
+    @classmethod
+    def trusted(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Headers from pairs the runtime already checked (a wire record): names are
+        lowercased, values taken as they are. Not for user input."""
+        self = cls.__new__(cls)
+        collected = [(name.lower(), value) for name, value in pairs]
+        index: dict[str, list[str]] = {}
+        for name, value in collected:
+            index.setdefault(name, []).append(value)
+        self._pairs = collected
+        self._index = index
+        return self
+
     def _coerce(self, raw: object, what: str) -> str:
         text = super()._coerce(raw, what)
         if what == "name" and not text:

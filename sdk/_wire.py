@@ -1,4 +1,8 @@
-"""Conversions between user-facing `Request`/`Response` and their wire records."""
+"""Conversions between user-facing `Request`/`Response` and their wire records.
+
+Headers of a wire record were checked where they entered the runtime (h11 at the
+front door, `Headers` when user code built them), so they are taken as they are.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +15,7 @@ def request_to_wire(request: Request) -> HttpRequest:
 
 
 def request_from_wire(r: HttpRequest) -> Request:
-    return Request(r.url, method=r.method, headers=Headers(r.headers), body=r.body)
+    return Request(r.url, method=r.method, headers=Headers.trusted(r.headers), body=r.body)
 
 
 def response_to_wire(response: Response) -> HttpResponse:
@@ -26,5 +30,5 @@ def response_from_wire(r: HttpResponse) -> Response:
 
         ws = WebSocket()
         ws._ws_id = r.web_socket
-        return Response(r.body, status=r.status, headers=Headers(r.headers), web_socket=ws)
-    return Response(r.body, status=r.status, headers=Headers(r.headers))
+        return Response(r.body, status=r.status, headers=Headers.trusted(r.headers), web_socket=ws)
+    return Response(r.body, status=r.status, headers=Headers.trusted(r.headers))

@@ -386,12 +386,20 @@ class ObjectHost:
 
         def done(_future: Any) -> None:
             try:
-                token.run_sync_soon(self.finish_background_commit)
+                token.run_sync_soon(self._finish_from_thread)
             except trio.RunFinishedError:
                 pass
 
         future.add_done_callback(done)
         return True
+
+    def _finish_from_thread(self) -> None:
+        # Runs as a trio `run_sync_soon` callback, where an exception would end the
+        # whole worker: one object's trouble stays with that object.
+        try:
+            self.finish_background_commit()
+        except Exception as exc:  # noqa: BLE001
+            self.worker.log(f"ending a commit of {self.target.id[:12]} failed: {exc!r}")
 
     def finish_background_commit(self) -> None:
         """End a background commit on the trio thread (waiting for it if need be)."""

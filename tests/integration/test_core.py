@@ -261,6 +261,51 @@ async def test_objects_spread_over_all_workers(stateroom_runtime):
         assert {"pid", "role", "shards", "restarts", "uptime_s"} <= set(p)
 
 
+async def test_app_response_headers_reach_the_client_as_set_and_bad_ones_never_do(
+    stateroom_runtime,
+):
+    def exchange(sock: socket.socket, request: bytes) -> bytes:
+        sock.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            data += sock.recv(65536)
+        head, _, rest = data.partition(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1])
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"content-length:")
+        )
+        if not request.startswith(b"HEAD"):
+            while len(rest) < length:
+                rest += sock.recv(65536)
+        return head + b"\r\n\r\n" + rest
+
+    with socket.create_connection(("127.0.0.1", stateroom_runtime.port), timeout=10) as s:
+        response = exchange(s, b"GET /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _, body = response.partition(b"\r\n\r\n")
+        lines = head.split(b"\r\n")
+        assert lines[0] == b"HTTP/1.1 200 "
+        assert lines[1:] == [
+            b"set-cookie: a=1",
+            b"x-mixed-case: kept",
+            b"set-cookie: b=2",
+            b"content-type: text/plain; charset=utf-8",
+            b"content-length: 5",
+        ], f"response head as sent: {lines}"
+        assert body == b"hello"
+        # Same connection (keep-alive): HEAD gets the head without the body.
+        response = exchange(s, b"HEAD /headers HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert response.startswith(b"HTTP/1.1 200 ") and response.endswith(
+            b"content-length: 5\r\n\r\n"
+        )
+        # A header value smuggling a line break becomes a 500; nothing is injected.
+        response = exchange(
+            s, b"GET /headers?value=x%0D%0AX-Injected:%20yes HTTP/1.1\r\nHost: x\r\n\r\n"
+        )
+        assert response.startswith(b"HTTP/1.1 500 "), response
+        assert b"x-injected" not in response.lower().split(b"\r\n\r\n")[0], response
+
+
 async def test_requests_on_a_path_run_default_on_the_worker_owning_its_object(
     stateroom_runtime,
 ):

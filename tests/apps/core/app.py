@@ -97,6 +97,18 @@ class Default(WorkerEntrypoint):
             )
         if parts[0] == "boom":
             raise RuntimeError("default exploded")
+        if parts[0] == "headers":
+            # Response headers as the app sets them: repeated, mixed case, a wrong
+            # content-length (the runtime frames the body), or a value from the query.
+            headers = [
+                ("Set-Cookie", "a=1"),
+                ("X-Mixed-Case", "kept"),
+                ("Set-Cookie", "b=2"),
+                ("Content-Length", "999"),
+            ]
+            if request.query.get("value") is not None:
+                headers.append(("x-value", request.query.get("value")))
+            return Response("hello", headers=headers)
         if parts[0] == "where":
             # Which worker ran Default, and which owns the counter it calls.
             owner = await self.env.COUNTER.get_by_name(parts[1]).pid()

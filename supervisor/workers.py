@@ -152,7 +152,9 @@ class WorkerProc:
         self.restarts = 0
         # In-flight requests: request_id -> Pending. Failed all at once on death.
         self.pending: dict[int, Pending] = {}
-        # Set while the current process is ready to serve; replaced on each restart.
+        # Set while the current process is ready to serve; replaced by an unset one
+        # when a ready process dies. A process that dies before it was ready leaves
+        # it unset, so whoever waits for the slot waits for the next process.
         self.ready = trio.Event()
         self.objects_active = 0
         self.stats: dict[str, Any] = {}
@@ -428,7 +430,8 @@ class WorkerPool:
             print(f"stateroom: worker {w.index} failed: {exc!r}", file=sys.stderr, flush=True)
         finally:
             w.state = WorkerState.DEAD
-            w.ready = trio.Event()
+            if w.ready.is_set():
+                w.ready = trio.Event()
             conn.closed = True
             with trio.CancelScope(shield=True):
                 # Fencing: the old process must be dead before its shards are served again.

@@ -113,7 +113,7 @@ class HttpServer:
     async def _send(self, conn: h11.Connection, stream: trio.SocketStream, *events: Any) -> None:
         data = b"".join(conn.send(e) or b"" for e in events)
         if data:
-            await _send_all(stream, data)
+            await send_all(stream, data)
 
     async def _simple(
         self, conn: h11.Connection, stream: trio.SocketStream, status: int, body: bytes
@@ -132,7 +132,7 @@ class HttpServer:
                 h11.EndOfMessage(),
             )
         except h11.LocalProtocolError:
-            await _send_all(
+            await send_all(
                 stream,
                 f"HTTP/1.1 {status} Error\r\ncontent-length: {len(body)}\r\nconnection: close\r\n\r\n".encode()
                 + body,
@@ -325,7 +325,7 @@ class HttpServer:
         except h11.LocalProtocolError as exc:
             await self._simple(conn, stream, 500, f"bad response from app: {exc}\n".encode())
             return
-        await _send_all(stream, head)
+        await send_all(stream, head)
 
 
 class _Phase:
@@ -377,8 +377,12 @@ async def _receive(stream: trio.SocketStream) -> bytes:
             continue
 
 
-async def _send_all(stream: trio.SocketStream, data: bytes) -> None:
-    """Write all of `data`, waiting for room only when the kernel takes less."""
+async def send_all(stream: trio.SocketStream, data: bytes) -> None:
+    """Write all of `data`, waiting for room only when the kernel takes less.
+
+    Unlike `trio.SocketStream.send_all`, it does not yield when the kernel takes
+    everything at once.
+    """
     fd = stream.socket.fileno()
     try:
         sent = os.write(fd, data)

@@ -76,6 +76,7 @@ from stateroom._protocol import (
     shard_of,
 )
 
+from .front import send_all
 from .websocket import (
     Closed,
     ServerWebSocket,
@@ -442,7 +443,10 @@ class Parking:
                     status_code=101, headers=accept_headers(request, response.headers)
                 )
             )
-            await stream.send_all(head or b"")
+            # Written without yielding when the kernel takes it (it does on a fresh
+            # connection), so the socket counts as parked before anyone else runs:
+            # a client that has its 101 sees itself in `sockets_parked`.
+            await send_all(stream, head or b"")
         except (
             h11.LocalProtocolError,
             trio.BrokenResourceError,

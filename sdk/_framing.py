@@ -220,9 +220,10 @@ class FramedConnection:
 
         After handing over what one read brought, the reader yields once and then
         waits for readability before it reads again, so the tasks those messages
-        woke have run before the next messages are handed over (the worker applies
-        `Welcome` in its main task; what follows it on the wire may depend on it,
-        and a reply can now leave before the next task runs).
+        woke have run before the next messages are handed over (what follows a
+        message on the wire may depend on what the tasks it woke do, and a reply
+        can leave before the next task runs). It also keeps a busy connection from
+        starving the other tasks.
         """
         reader = FrameReader()
         buf = bytearray(READ_CHUNK)

@@ -612,16 +612,35 @@ async def run_worker(fd: int, index: int, commit_log_fd: int = -1) -> None:
     worker = Worker(index, conn)
     if commit_log_fd >= 0:
         worker.commit_log = CommitLog(commit_log_fd)
-    welcome: list[Welcome] = []
-    got_welcome = trio.Event()
+    welcomed = False
+
+    def setup(w: Welcome) -> None:
+        """Apply the supervisor's `Welcome` before the reader looks at the next frame,
+        so no request is ever served with the settings (data folder, shards) unset."""
+        if w.index >= 0:
+            worker.index = w.index  # a spare learns its slot here
+        worker.settings = w.settings
+        worker.debug = bool(w.settings.get("debug"))
+        worker.data_dir = Path(w.settings["data_dir"])
+        worker.shard_count = w.shard_count
+        worker.committer.parallel = w.settings.get("durability", "full") == "full"
+        trio.lowlevel.add_instrument(worker.committer)
+        nursery = worker.nursery
+        nursery.start_soon(worker.serve_evictions)
+        worker.watchdog = Watchdog(worker, float(w.settings.get("cpu_limit", 30.0)))
+        worker.watchdog.start(nursery)
+        nursery.start_soon(worker.serve_stats)
+        worker.sockets.start()
+        worker.log(f"ready at {time.strftime('%H:%M:%S')}")
 
     def first(msg: Any) -> None:
-        if not welcome:
+        nonlocal welcomed
+        if not welcomed:
             if not isinstance(msg, Welcome) or msg.version != PROTOCOL_VERSION:
                 worker.log("bad handshake from supervisor; exiting")
                 os._exit(2)
-            welcome.append(msg)
-            got_welcome.set()
+            welcomed = True
+            setup(msg)
             return
         worker.on_message(msg)
 
@@ -636,22 +655,6 @@ async def run_worker(fd: int, index: int, commit_log_fd: int = -1) -> None:
             os._exit(0)
 
         nursery.start_soon(reader)
-        await got_welcome.wait()
-        w = welcome[0]
-        if w.index >= 0:
-            worker.index = w.index  # a spare learns its slot here
-        worker.settings = w.settings
-        worker.debug = bool(w.settings.get("debug"))
-        worker.data_dir = Path(w.settings["data_dir"])
-        worker.shard_count = w.shard_count
-        worker.committer.parallel = w.settings.get("durability", "full") == "full"
-        trio.lowlevel.add_instrument(worker.committer)
-        nursery.start_soon(worker.serve_evictions)
-        worker.watchdog = Watchdog(worker, float(w.settings.get("cpu_limit", 30.0)))
-        worker.watchdog.start(nursery)
-        nursery.start_soon(worker.serve_stats)
-        worker.sockets.start()
-        worker.log(f"ready at {time.strftime('%H:%M:%S')}")
 
 
 __all__ = ["run_worker", "Worker", "WorkerCrashedError"]

@@ -120,8 +120,8 @@ async def test_reader_reassembles_frames_larger_than_one_read_and_split_anywhere
 
 
 async def test_tasks_woken_by_a_message_run_before_the_next_read_is_handed_over():
-    # The worker applies `Welcome` in a task the reader wakes; a frame the peer sends
-    # as soon as it heard from us must not be handed over before that task ran.
+    # A frame the peer sends as soon as it heard from us must not be handed over
+    # before the task the previous message woke has run.
     for _ in range(20):  # trio runs a batch of ready tasks in either order
         stream, peer = _pair()
         conn = FramedConnection(stream)

@@ -241,8 +241,10 @@ class RunAlarm(_Msg):
 
     `scheduled` is the alarm time the index holds and `retry_count` the attempt
     number for it; `force` runs a stored alarm now (testing kit); `expire` drops
-    the stored alarm without running it (retries exhausted). Answered by `Reply`
-    whose value is a codec-encoded dict (see `stateroom.worker.alarms`).
+    the stored alarm without running it (retries exhausted). `not_before` (epoch
+    ms): the run starts no earlier; the supervisor sends `RunAlarm` a little ahead
+    of that time and the worker holds it until then. Answered by `Reply` whose value
+    is a codec-encoded dict (see `stateroom.worker.alarms`).
     """
 
     request_id: int
@@ -251,6 +253,7 @@ class RunAlarm(_Msg):
     retry_count: int = 0
     force: bool = False
     expire: bool = False
+    not_before: int = 0
 
 
 # ----------------------------------------------------------------- meters

@@ -8,8 +8,16 @@ objects that are evicted or hibernated, and after restarts of any process:
   `(ns_key, id, time, retry, scheduled)`: fire at `time`; the attempt is number
   `retry` for the alarm scheduled at `scheduled`;
 * in memory: one `_Alarm` per row plus a heap ordered by fire time; the scheduler
-  task sleeps on one timer until the earliest entry is due (never polling objects),
-  then sends `RunAlarm` to the worker owning the object's shard.
+  task sleeps on one timer until the earliest entry is `LEAD_MS` from due (never
+  polling objects), then sends `RunAlarm(not_before=time)` to the worker owning the
+  object's shard, which holds it until that time (`stateroom.worker.alarms`).
+
+Why ahead of time: on a busy machine each hop between processes waits for a CPU
+(a timer wake-up in the supervisor, its writer, the worker's reader, the task that
+runs the alarm), and those waits add up to tens or hundreds of milliseconds. Sent
+ahead, they overlap the wait for the alarm's time; what is left on the path from
+due time to handler is one timer wake-up in the worker. The worker also opens an
+evicted object's database while it holds the alarm.
 
 The index is a hint the worker re-checks: `RunAlarm` runs the handler only if the
 object's stored alarm is due, so a stale entry costs a wake-up, never an early or
@@ -25,10 +33,12 @@ an earlier entry behind, which is safe. An object that starts with an alarm stor
 re-reports it (`AlarmSet(resync=True)`), which adds the entry if it is missing (a
 commit whose report died with its worker).
 
-Firing: at most one `RunAlarm` per object at a time (`_Alarm.running`); at most
-`MAX_IN_FLIGHT` at once. Outcome:
+Firing: at most one `RunAlarm` per object at a time (`_Alarm.running`, from the
+moment it is sent, hold included); at most `MAX_IN_FLIGHT` at once. Outcome:
 * the handler succeeded, or the alarm was set/deleted meanwhile: the index takes
   the object's alarm as the worker reports it (usually none);
+* the worker died while it held the alarm (before `not_before`): nothing ran; it
+  is fired again for the same time, no retry counted;
 * the handler raised, the object was reset, or the worker died during it: retry
   k = 1..6 is scheduled `alarm_retry_base * 2^(k-1)` s (2^k s by default) after
   the failure, plus 0-25 % jitter; after the sixth failed retry the alarm is dropped
@@ -68,6 +78,10 @@ from stateroom._protocol import AlarmSet, HttpResponse, RunAlarm, Target
 MAX_RETRIES = 6
 # RunAlarm requests in flight at once (bounds memory when many alarms are due).
 MAX_IN_FLIGHT = 2048
+# RunAlarm leaves this long before the alarm's time (ms); the worker holds it until
+# then. Covers the supervisor-to-handler delay of a loaded machine (measured up to
+# ~250 ms at p99 with 2 cores oversubscribed; see bench/alarms.py).
+LEAD_MS = 250
 # The timer re-reads the wall clock at least this often (seconds), in case it jumps.
 MAX_SLEEP = 30.0
 # How long delay-only index changes wait to be committed together (seconds).
@@ -157,7 +171,8 @@ class AlarmScheduler:
         self.stopping = False
         # RunAlarm requests sent (statistics).
         self.fired = 0
-        # How late (ms) the last scheduled RunAlarms left the supervisor (statistics).
+        # How late (ms) the last scheduled RunAlarms left the supervisor, against
+        # `LEAD_MS` before their time (statistics).
         self.dispatch_late: collections.deque[float] = collections.deque(maxlen=10_000)
 
     # ------------------------------------------------------------------ lifecycle
@@ -205,7 +220,7 @@ class AlarmScheduler:
                 self._armed = math.inf
                 await self._wake.wait()
                 continue
-            delay = (head - now_ms()) / 1000.0
+            delay = (head - LEAD_MS - now_ms()) / 1000.0
             if delay > 0:
                 self._armed = head
                 with trio.move_on_after(min(delay, MAX_SLEEP)):
@@ -293,15 +308,17 @@ class AlarmScheduler:
         e.idle = trio.Event()
         expire = e.expire
         scheduled, retry = e.scheduled, e.retry
+        # The worker starts the run no earlier than this (it holds RunAlarm until then).
+        not_before = 0 if force or e.time is None else e.time
         outcome: dict[str, Any] | None = None
         failure: BaseException | None = None
         self.fired += 1
         if not force and e.time is not None:
-            self.dispatch_late.append(now_ms() - e.time)
+            self.dispatch_late.append(now_ms() - (e.time - LEAD_MS))
         try:
             reply = await self.sup.pool.request(
                 self.sup.owner(target),
-                lambda rid: RunAlarm(rid, target, scheduled, retry, force, expire),
+                lambda rid: RunAlarm(rid, target, scheduled, retry, force, expire, not_before),
             )
             if reply.ok:
                 outcome = _codec.decode(reply.value)
@@ -315,13 +332,17 @@ class AlarmScheduler:
             if idle is not None:
                 idle.set()
         try:
-            self._settle(e, outcome, failure)
+            self._settle(e, outcome, failure, not_before)
         except Exception as exc:  # noqa: BLE001 - keep the scheduler alive; log
             _log(f"settling the alarm of {e.key[1][:12]} failed: {exc!r}")
         return outcome, failure
 
     def _settle(
-        self, e: _Alarm, outcome: dict[str, Any] | None, failure: BaseException | None
+        self,
+        e: _Alarm,
+        outcome: dict[str, Any] | None,
+        failure: BaseException | None,
+        not_before: int = 0,
     ) -> None:
         if self.alarms.get(e.key) is not e:
             return  # the object (or its class) was deleted meanwhile
@@ -330,6 +351,9 @@ class AlarmScheduler:
             if e.set_during_run:
                 # A committed set/delete during the run replaces the alarm that ran.
                 self._keep_current(e)
+            elif isinstance(failure, WorkerCrashedError) and now < not_before:
+                # The worker died while it held the alarm: the handler never started.
+                self._schedule(e, not_before)
             elif isinstance(failure, (WorkerCrashedError, ObjectResetError)) or not isinstance(
                 failure, DurableObjectError
             ):

@@ -17,6 +17,17 @@ entry therefore never runs a handler early or twice for one success; it only cos
 a wake-up. An object that starts (is constructed) with an alarm stored reports it
 again (`resync`), so a commit whose report died with its worker is not forgotten.
 
+Holding: the supervisor sends `RunAlarm` up to `LEAD_MS` before the alarm's time
+(`not_before`); the worker holds it in the `RunAlarm`'s own task, outside any event
+of the object, until that time, so the hops between processes happen while the
+alarm is not due yet. It opens an evicted object's database first (reading the
+stored alarm does), so the run does not wait for that either. A `set_alarm` or
+`delete_alarm` of the object during the hold ends the hold at once; the usual
+checks below then decide (a new alarm not yet due is handed back to the
+supervisor, which schedules it). Never early: the hold ends at `not_before` at the
+earliest (retries included), and a first attempt still runs only if the stored
+alarm is due.
+
 Running an alarm (`run`): it is an ordinary event of the object (arrival order,
 input gate, one at a time with other events' storage calls). Inside it:
 
@@ -132,6 +143,10 @@ class AlarmStore:
         # Objects whose alarm handler is running now -> its run.
         # Invariant: at most one run per host (the supervisor fires one at a time).
         self._running: dict[ObjectHost, _Run] = {}
+        # Objects whose RunAlarm is held until its time -> set to end the hold early
+        # (their alarm was set or deleted meanwhile). Keyed by (class name, id): an
+        # object evicted and woken again during the hold has a new host.
+        self._holds: dict[tuple[str, str], trio.Event] = {}
 
     # ------------------------------------------------------------- the stored row
 
@@ -148,6 +163,9 @@ class AlarmStore:
         """Store (or, with None, remove) the alarm row in the open transaction."""
         if ms is None and self.stored(host) is None:
             return
+        hold = self._holds.get((host.target.class_name, host.target.id))
+        if hold is not None:
+            hold.set()
         conn = host.db.write_conn()
         wrote(host)
         host.counters.rows_written += 1
@@ -251,6 +269,8 @@ class AlarmStore:
         worker = self.worker
         target = msg.target
         created = (target.class_name, target.id) not in worker.catalog
+        if msg.not_before > now_ms() and not msg.force and not msg.expire:
+            await self._hold(msg)
         host = worker.host_for(target)
         if host.instance is None and host.is_idle() and not host.db.in_txn and not msg.expire:
             # Asleep and nothing pending: answer from the file without waking it.
@@ -265,6 +285,31 @@ class AlarmStore:
             return await self._run_in_event(host, instance, msg)
 
         return await worker.deliver(target, fn, None)
+
+    async def _hold(self, msg: RunAlarm) -> None:
+        """Wait until `msg.not_before`, or until the object's alarm is set or deleted.
+
+        Opens the object's database first (reading its alarm), so a run of an evicted
+        object does not wait for that at its time. Cancellation leaves nothing behind.
+        """
+        host = self.worker.host_for(msg.target)
+        key = (host.target.class_name, host.target.id)
+        stored = self.stored(host)
+        try:
+            while stored is not None and stored == msg.scheduled:
+                delay = msg.not_before - now_ms()
+                if delay <= 0:
+                    return
+                wake = self._holds[key] = trio.Event()
+                with trio.move_on_after(delay / 1000.0):
+                    await wake.wait()
+                if wake.is_set():
+                    # Set or deleted meanwhile (perhaps in a transaction not committed
+                    # yet): a changed alarm ends the hold, the same one holds on.
+                    host = self.worker.host_for(msg.target)
+                    stored = self.stored(host)
+        finally:
+            self._holds.pop(key, None)
 
     async def _run_in_event(self, host: ObjectHost, instance: Any, msg: RunAlarm) -> dict[str, Any]:
         stored = self.stored(host)

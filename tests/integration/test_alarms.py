@@ -150,6 +150,44 @@ async def test_deleted_alarm_never_fires(stateroom_runtime):
     assert (await index_entry(rt, doomed))["time"] is None
 
 
+async def wait_held(rt, stub, when: int) -> None:
+    """Wait until the supervisor has sent `stub`'s RunAlarm (held by the worker
+    until `when`, see LEAD_MS); fail if `when` comes first."""
+    while not (await index_entry(rt, stub))["running"]:
+        assert now_ms() < when - 20, f"{stub.name}: no RunAlarm held before its time"
+        await trio.sleep(0.01)
+
+
+async def test_alarm_deleted_while_its_run_is_held_never_fires(stateroom_runtime):
+    rt = stateroom_runtime
+    ns = rt.namespace("ALARMS")
+    doomed, control = ns.get_by_name("held-doomed"), ns.get_by_name("held-control")
+    when = now_ms() + 1500
+    await doomed.set_alarm(when)
+    await control.set_alarm(when + 300)
+    await wait_held(rt, doomed, when)
+    assert await doomed.delete_alarm() is None
+    await wait_firings(control, 1)
+    assert await doomed.firings() == [], "an alarm deleted during its hold fired"
+    await wait_settled(rt, doomed)
+
+
+async def test_alarm_moved_earlier_while_its_run_is_held_fires_at_the_new_time(
+    stateroom_runtime,
+):
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("held-moved")
+    when = now_ms() + 1500
+    await stub.set_alarm(when)
+    await wait_held(rt, stub, when)
+    sooner = await stub.set_alarm(now_ms() + 30)
+    [run] = await wait_firings(stub, 1)
+    assert run["scheduled"] == sooner, f"ran the alarm of {run['scheduled']}, not {sooner}"
+    assert run["at"] >= sooner, f"fired {sooner - run['at']:.1f} ms early"
+    await wait_settled(rt, stub)
+    assert len(await stub.firings()) == 1
+
+
 async def test_delete_all_removes_the_alarm(stateroom_runtime):
     rt = stateroom_runtime
     ns = rt.namespace("ALARMS")

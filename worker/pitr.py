@@ -25,14 +25,25 @@ the first `frames` frames of its segment. A bookmark is the string
 `TTTTTTTTTTTT-SSSSSSSS-FFFFFFFF` (hex epoch ms, segment, frames): opaque to users,
 and strings sort in time order because label times never decrease.
 
+When: after a commit that leaves `ARCHIVE_FRAMES` frames in the WAL, and when the
+object is closed (evicted) with more than `KEEP_FRAMES` frames in its WAL. A smaller
+WAL stays where it is at close, with its label file, and remains the live segment
+when the object is opened again: an object woken for a few writes at a time (an
+alarm every second, say) then costs no segment files and no fsyncs at close or
+open, only its commits' own.
+
 Invariants:
   * A segment is written (and fsynced under `full` durability) before the WAL it
     copies is checkpointed and truncated; a crash in between leaves the frames in
     the WAL, and the next open archives them again as the next segment (replaying a
     segment twice is harmless: it writes the same pages).
-  * When the object is opened, whatever WAL a crashed process left is archived first,
-    so every segment starts with a fresh WAL. Commits whose labels were lost (power
-    loss) get the WAL file's modification time.
+  * The live segment is the WAL, and its labels are in `NNNNNNNNNN.log` (N = the
+    live segment), one per commit. At open the WAL stays the live segment only if
+    it ends exactly at the commit of the last label (`_kept_frames`: size, commit
+    mark, salts), which holds after a clean close and after a crash whose labels
+    all reached the file. Any other WAL a process left is archived first, so every
+    segment starts with a fresh WAL. Commits whose labels were lost (power loss)
+    get the WAL file's modification time.
   * Restoring never rewrites history: the rebuilt image is copied into the live
     database with the backup API as one new commit, so the restore itself can be
     undone with the bookmark `on_next_session_restore_bookmark` returns.
@@ -42,6 +53,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import itertools
 import os
 import re
 import shutil
@@ -56,6 +68,9 @@ WAL_HEADER = 32
 FRAME_HEADER = 24
 # Archive and checkpoint once the WAL holds this many frames (SQLite's default).
 ARCHIVE_FRAMES = 1000
+# At close, a WAL of at most this many frames is left in place as the live segment
+# (the next open reads it back: SQLite's WAL recovery scans every frame).
+KEEP_FRAMES = 64
 LABEL = struct.Struct(">QI")
 _SEGMENT = re.compile(r"^(\d{10})\.wal$")
 _BOOKMARK = re.compile(r"^([0-9a-f]{12})-([0-9a-f]{8})-([0-9a-f]{8})$")
@@ -234,11 +249,44 @@ class History:
         )
         self._frames = 0
         conn.set_wal_hook(self._on_commit)
+        kept = self._kept_frames()
+        if kept is not None:
+            # The WAL a close left in place (or a crash, every label written): it
+            # stays the live segment, with its labels.
+            self._frames = kept
+            return
         self._archive(conn)
         # The live WAL is empty now: labels left for its segment are stale.
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self._seg_path(self.segment, "log"))
         self.labels = []
+
+    def _kept_frames(self) -> int | None:
+        """Frames of the WAL if it can stay the live segment (see the invariants), else None.
+
+        True when the labels read for the live segment end at a commit frame that is
+        the WAL's last whole frame, salted like the WAL header.
+        """
+        if not self.labels or self._wal_path is None:
+            return None
+        frames = self.labels[-1][1]
+        if frames <= 0 or any(b[1] <= a[1] for a, b in itertools.pairwise(self.labels)):
+            return None
+        try:
+            with open(self._wal_path, "rb") as f:
+                head = f.read(WAL_HEADER)
+                if len(head) < WAL_HEADER:
+                    return None
+                step = FRAME_HEADER + struct.unpack(">I", head[8:12])[0]
+                if os.fstat(f.fileno()).st_size != WAL_HEADER + frames * step:
+                    return None
+                f.seek(WAL_HEADER + (frames - 1) * step)
+                last = f.read(FRAME_HEADER)
+        except FileNotFoundError:
+            return None
+        if len(last) < FRAME_HEADER or last[4:8] == bytes(4) or last[8:16] != head[16:24]:
+            return None
+        return frames
 
     def _on_commit(self, conn: apsw.Connection, dbname: str, frames: int) -> int:
         """WAL hook: runs after every commit with the number of frames in the WAL."""
@@ -260,7 +308,9 @@ class History:
             self._archive(conn)
 
     def before_close(self, conn: apsw.Connection) -> None:
-        self._archive(conn)
+        """The object is being closed: archive its WAL unless it is small (`KEEP_FRAMES`)."""
+        if self._frames > KEEP_FRAMES:
+            self._archive(conn)
         self._close_labels()
 
     def _close_labels(self) -> None:

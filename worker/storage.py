@@ -365,7 +365,7 @@ class Database:
         x("COMMIT")
 
     def close(self) -> None:
-        """Roll back any open transaction, archive the WAL (PITR) and close."""
+        """Roll back any open transaction, let the PITR history archive the WAL, close."""
         if self.conn is None:
             return
         conn = self.conn

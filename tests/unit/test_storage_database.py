@@ -223,3 +223,49 @@ def test_statements_seen_before_count_writes_fail_cleanly_and_survive_a_reopen(t
     assert db.sql_exec("SELECT a FROM t WHERE b = ?", ("y",))[1] == [(4,), (5,)]
     db.commit()
     db.close()
+
+
+def test_pitr_keeps_a_small_wal_across_close_and_open(tmp_path):
+    path = tmp_path / "obj.sqlite"
+    marks = []
+    for i in range(3):
+        db = open_db(path)
+        db.open(create=True)
+        db.kv_put_many({"i": i})
+        db.commit()
+        marks.append(db.history.current())
+        db.close()
+        assert db.history.segments() == [], f"session {i}: the small WAL was archived at close"
+        assert Path(str(path) + "-wal").stat().st_size > 0, f"session {i}: no WAL left in place"
+    assert marks == sorted(marks) and len(set(marks)) == 3
+    db = open_db(path)
+    db.open(create=True)
+    assert db.history.current() == marks[-1], "the reopened WAL's labels are the live segment's"
+    assert db.kv_get("i") == 2
+    restore(db, marks[0])
+    assert db.kv_get("i") == 0
+    restore(db, marks[2])
+    assert db.kv_get("i") == 2
+    db.close()
+
+
+def test_pitr_archives_a_wal_whose_last_commit_has_no_label(tmp_path):
+    path = tmp_path / "obj.sqlite"
+    db = open_db(path)
+    db.open(create=True)
+    db.kv_put_many({"i": 1})
+    db.commit()
+    first = db.history.current()
+    db.kv_put_many({"i": 2})
+    db.commit()
+    db.close()
+    # A crash between a commit and its label: the label file lacks the last commit.
+    log = db.history.dir / f"{db.history.segment:010d}.log"
+    log.write_bytes(log.read_bytes()[: -pitr.LABEL.size])
+    again = open_db(path)
+    again.open(create=True)
+    assert again.history.segments() == [0], "the WAL was archived at open as segment 0"
+    assert again.kv_get("i") == 2
+    restore(again, first)
+    assert again.kv_get("i") == 1
+    again.close()

@@ -25,7 +25,8 @@ async function paced(n, seconds) {
   let start = Infinity, end = Infinity;
   const socks = await open(n, (_, data) => {
     const t = now(), sent = sentAt(data);
-    if (sent >= start && sent < end) lat.push(t - sent);
+    // Stamps are rounded to 0.1 µs: a message sent just before `end` may read `end`.
+    if (sent >= start && sent <= end + 0.001) lat.push(t - sent);
   });
   start = now() + 1000;
   end = start + seconds * 1000;

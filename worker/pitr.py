@@ -14,8 +14,12 @@ dropped table could not be brought back.)
 Files in `<id>.pitr/`:
   * `NNNNNNNNNN.wal`: segment N, the WAL bytes up to its last commit frame;
   * `NNNNNNNNNN.log`: one label per commit of segment N: (epoch ms, frames in the
-    WAL after that commit), packed `>QI`; appended by the WAL hook as commits happen
-    and rewritten when the segment is archived;
+    WAL after that commit), packed `>QI`; written by the WAL hook as commits happen
+    and rewritten when the segment is archived. The live segment's file is filled
+    with zeros ahead of the labels (`LABEL_BLOCK` bytes at a time) so that writing
+    a label never grows it: a file growing at every commit made each commit's fsync
+    of the WAL also flush the label file (ext4 journals a size change together with
+    its data). Readers stop at the first all-zero label (a real one has frames > 0);
   * `base.sqlite` + `base.meta`: the state at the start of the retention window
     (segments older than `pitr_retention` are folded into it); absent = empty;
   * `restore`: a bookmark to restore at the object's next start.
@@ -71,6 +75,8 @@ ARCHIVE_FRAMES = 1000
 # At close, a WAL of at most this many frames is left in place as the live segment
 # (the next open reads it back: SQLite's WAL recovery scans every frame).
 KEEP_FRAMES = 64
+# Zeros written ahead of the live segment's labels at a time (see the module docstring).
+LABEL_BLOCK = 16 * 1024
 LABEL = struct.Struct(">QI")
 _SEGMENT = re.compile(r"^(\d{10})\.wal$")
 _BOOKMARK = re.compile(r"^([0-9a-f]{12})-([0-9a-f]{8})-([0-9a-f]{8})$")
@@ -171,6 +177,8 @@ class History:
         self.last_time = 0
         self._frames = 0
         self._label_fd: int | None = None
+        # Bytes of the open label file known to be written (labels or zeros ahead).
+        self._label_room = 0
         self._wal_path: str | None = None
 
     # ------------------------------------------------------------- files
@@ -206,7 +214,13 @@ class History:
         except FileNotFoundError:
             return []
         usable = len(data) - len(data) % LABEL.size
-        return [LABEL.unpack_from(data, i) for i in range(0, usable, LABEL.size)]
+        labels = []
+        for i in range(0, usable, LABEL.size):
+            label = LABEL.unpack_from(data, i)
+            if label[1] == 0:
+                break  # the zeros written ahead of the labels
+            labels.append(label)
+        return labels
 
     def restore_pending(self) -> bool:
         return (self.dir / "restore").exists()
@@ -294,13 +308,19 @@ class History:
         self.last_time = t
         self._frames = frames
         self.labels.append((t, frames))
+        offset = (len(self.labels) - 1) * LABEL.size
         if self._label_fd is None:
             self._label_fd = os.open(
-                self._seg_path(self.segment or 0, "log"),
-                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
-                0o644,
+                self._seg_path(self.segment or 0, "log"), os.O_WRONLY | os.O_CREAT, 0o644
             )
-        os.write(self._label_fd, LABEL.pack(t, frames))
+            self._label_room = 0
+        if offset + LABEL.size > self._label_room:
+            # Zeros ahead, written (not fallocated) so later labels overwrite blocks
+            # the file already has.
+            room = offset + LABEL_BLOCK
+            os.pwrite(self._label_fd, bytes(room - offset), offset)
+            self._label_room = room
+        os.pwrite(self._label_fd, LABEL.pack(t, frames), offset)
         return apsw.SQLITE_OK
 
     def after_commit(self, conn: apsw.Connection) -> None:

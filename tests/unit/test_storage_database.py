@@ -259,9 +259,13 @@ def test_pitr_archives_a_wal_whose_last_commit_has_no_label(tmp_path):
     db.kv_put_many({"i": 2})
     db.commit()
     db.close()
-    # A crash between a commit and its label: the label file lacks the last commit.
+    # A crash between a commit and its label: the label file lacks the last commit
+    # (its place still holds the zeros written ahead of the labels).
     log = db.history.dir / f"{db.history.segment:010d}.log"
-    log.write_bytes(log.read_bytes()[: -pitr.LABEL.size])
+    data = bytearray(log.read_bytes())
+    last = (len(db.history._read_label_file(db.history.segment)) - 1) * pitr.LABEL.size
+    data[last : last + pitr.LABEL.size] = bytes(pitr.LABEL.size)
+    log.write_bytes(bytes(data))
     again = open_db(path)
     again.open(create=True)
     assert again.history.segments() == [0], "the WAL was archived at open as segment 0"

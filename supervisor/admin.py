@@ -30,6 +30,19 @@ def sdk_response(
     return HttpResponse(status, headers, body)
 
 
+async def _sdk_call(sup: Any, target: Any, make: Any) -> HttpResponse:
+    """Send `make(request_id)` to the object's worker; its reply as an SDK response."""
+    try:
+        reply = await sup.call_object(make, target)
+    except DurableObjectError as exc:
+        f = error_to_fields(exc)
+        return sdk_response(False, error=f, status=_status_for_error(f))
+    if reply.ok:
+        return sdk_response(True, reply.value)
+    f = reply.error or {}
+    return sdk_response(False, error=f, status=_status_for_error(f))
+
+
 def _status_for_error(fields: dict[str, Any]) -> int:
     kind = fields.get("kind")
     if kind == "not_found":
@@ -110,17 +123,7 @@ async def route(sup: Supervisor, request: HttpRequest, path: str) -> HttpRespons
         except DurableObjectError as exc:
             f = error_to_fields(exc)
             return sdk_response(False, error=f, status=_status_for_error(f))
-        try:
-            reply = await sup.call_object(
-                lambda rid: Rpc(rid, target, rpc_method, request.body), target
-            )
-        except DurableObjectError as exc:
-            f = error_to_fields(exc)
-            return sdk_response(False, error=f, status=_status_for_error(f))
-        if reply.ok:
-            return sdk_response(True, reply.value)
-        f = reply.error or {}
-        return sdk_response(False, error=f, status=_status_for_error(f))
+        return await _sdk_call(sup, target, lambda rid: Rpc(rid, target, rpc_method, request.body))
 
     if head == "fetch" and len(rest) >= 3:
         binding, key = unquote(rest[1]), rest[2]
@@ -279,17 +282,9 @@ async def objects_route(
     if len(rest) == 3 and rest[2] == "run" and method == "POST":
         # Testing kit: run a pickled fn(instance, ctx) as an event of the object. The
         # body is handed to the owning worker unopened (the supervisor never unpickles).
-        try:
-            reply = await sup.call_object(
-                lambda rid: Admin(rid, "run_in_object", target, request.body), target
-            )
-        except DurableObjectError as exc:
-            f = error_to_fields(exc)
-            return sdk_response(False, error=f, status=_status_for_error(f))
-        if reply.ok:
-            return sdk_response(True, reply.value)
-        f = reply.error or {}
-        return sdk_response(False, error=f, status=_status_for_error(f))
+        return await _sdk_call(
+            sup, target, lambda rid: Admin(rid, "run_in_object", target, request.body)
+        )
     for ext in sup.extensions:
         handler = getattr(ext, "object_route", None)
         if handler is not None:

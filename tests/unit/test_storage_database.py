@@ -273,3 +273,57 @@ def test_pitr_archives_a_wal_whose_last_commit_has_no_label(tmp_path):
     restore(again, first)
     assert again.kv_get("i") == 1
     again.close()
+
+
+def test_pitr_restarts_the_wal_in_place_and_keeps_history_exact(tmp_path, monkeypatch):
+    monkeypatch.setattr(pitr, "ARCHIVE_FRAMES", 6)
+    path = tmp_path / "obj.sqlite"
+    wal = Path(str(path) + "-wal")
+    db = open_db(path)
+    db.open(create=True)
+    marks = []
+    for i in range(8):
+        db.kv_put_many({"i": i})
+        db.commit()
+        marks.append(db.history.current())
+    assert db.history.segments() == [0]
+    size = wal.stat().st_size
+    # The archive restarted the WAL: its later commits overwrote the old frames in
+    # place and the file never shrank (a shrunk WAL makes every commit grow it again).
+    assert size >= pitr.WAL_HEADER + 6 * (pitr.FRAME_HEADER + 4096)
+    db.close()
+    assert wal.stat().st_size == size, "a small WAL with old frames behind it stays at close"
+
+    # Reopened: the two commits after the archive are the live segment, the old
+    # generation's frames behind them are not taken for commits.
+    db = open_db(path)
+    db.open(create=True)
+    assert db.history.segments() == [0], "the kept WAL was archived again at open"
+    assert db.history.current() == marks[-1]
+    assert db.kv_get("i") == 7
+    for m, want in ((marks[2], 2), (marks[6], 6), (marks[7], 7)):
+        restore(db, m)
+        assert db.kv_get("i") == want
+
+    # A crash right after an archive's checkpoint, before any commit: the WAL still
+    # holds exactly the segment just archived. The next open must not archive it
+    # again (that would add a second copy of those commits, labelled later).
+    for i in range(20):
+        db.kv_put_many({"j": i})
+        db.commit()
+        if db.history._frames == 0:
+            break
+    assert db.history._frames == 0, "no archive happened"
+    segments = db.history.segments()
+    crashed = tmp_path / "crashed"
+    crashed.mkdir()
+    for f in tmp_path.iterdir():
+        if f.name.startswith("obj."):
+            (shutil.copytree if f.is_dir() else shutil.copy)(f, crashed / f.name)
+    db.close()
+    again = open_db(crashed / "obj.sqlite")
+    again.open(create=True)
+    assert again.history.segments() == segments
+    assert again.kv_get("j") == i
+    again.close()
+    assert not Path(str(crashed / "obj.sqlite") + "-wal").exists()

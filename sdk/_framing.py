@@ -14,9 +14,11 @@ into a reused buffer and hands each decoded message to a callback in arrival ord
 
 `flush_now()` writes every queued frame synchronously (blocking the thread until the
 kernel took the bytes). A worker calls it before an irreversible step whose
-announcement must survive a `kill -9` right after it: `Committed` before a COMMIT,
-the last words before a fault-injection exit. Bytes handed to the kernel reach the
-peer even if the process dies next.
+announcement must survive a `kill -9` right after it: `Committed` before a COMMIT
+when it has no commit log, the last words before a fault-injection exit. Bytes
+handed to the kernel reach the peer even if the process dies next.
+`send_later(msg)` queues a frame that arranges no write of its own: it leaves with
+the next frame written.
 
 Invariant: bytes leave in `send` order. Every writer (the instrument, the writer
 task, `flush_now`) continues from the frame being written (`_head`, written up to
@@ -132,6 +134,17 @@ class FramedConnection:
         elif not self._queued:
             self._queued = True
             flusher.dirty.append(self)
+
+    def send_later(self, msg: Any) -> None:
+        """Queue one message without arranging a write: it leaves with the next frame.
+
+        For a message the peer needs no sooner than what follows it on the
+        connection (the worker's `Committed`, which only has to precede its `Reply`
+        once the commit log covers a crash in between). Raises like `send`.
+        """
+        if self.closed:
+            raise trio.ClosedResourceError("connection closed")
+        self._out.append(encode_frame(msg))
 
     def _fd(self) -> int:
         # -1 once the socket is closed.

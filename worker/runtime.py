@@ -219,16 +219,22 @@ class Worker:
 
         They go into the commit log shared with the supervisor (`_commitlog.py`: a
         kill right after the commit cannot lose them, and no system call is made),
-        and as `Committed` frames that leave with the next write. Without a log
-        the frames are handed to the kernel now.
+        and as `Committed` frames that leave with the next frame written, usually
+        the request's `Reply` (one write and one wake-up of the supervisor per
+        request, not two). A frame no sooner than the `Reply` is soon enough: the
+        supervisor needs it only when a worker dies, and then either this worker's
+        log has it or the request's subtree is still busy (which counts as durable
+        too, `workers.py`). Without a log the frames are handed to the kernel now.
         """
         log = self.commit_log
-        for rid in request_ids:
-            if log is not None:
-                log.announce(rid)
-            self.conn.send(Committed(rid))
         if log is None:
+            for rid in request_ids:
+                self.conn.send(Committed(rid))
             self.conn.flush_now()
+            return
+        for rid in request_ids:
+            log.announce(rid)
+            self.conn.send_later(Committed(rid))
 
     def fault_point(self, point: str, host: ObjectHost) -> None:
         """Crash here if a fault is armed for `point` and this object (faults.py)."""

@@ -49,6 +49,31 @@ async def test_frames_sent_between_scheduler_passes_arrive_without_a_writer_wake
     stream.socket.close()
 
 
+async def test_a_frame_sent_later_leaves_with_the_next_frame_in_one_write():
+    stream, peer = _pair()
+    conn = FramedConnection(stream)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(conn.serve_writer)
+        await trio.testing.wait_all_tasks_blocked()
+        conn.send_later(Committed(1))
+        await trio.testing.wait_all_tasks_blocked()  # several passes, nothing to write
+        peer.setblocking(False)
+        try:
+            early = peer.recv(4096)
+        except BlockingIOError:
+            early = b""
+        assert early == b"", "a frame sent later was written on its own"
+        conn.send(Committed(2))
+        await trio.lowlevel.checkpoint()
+        peer.setblocking(True)
+        # Both frames in the bytes of one write, in send order.
+        data = peer.recv(4096)
+        assert data == encode_frame(Committed(1)) + encode_frame(Committed(2))
+        nursery.cancel_scope.cancel()
+    peer.close()
+    stream.socket.close()
+
+
 async def test_frames_keep_send_order_through_a_full_socket_buffer():
     stream, peer = _pair()
     peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -99,3 +99,34 @@ async def test_alarm_is_dropped_after_crashing_its_worker_seven_times(stateroom_
     await wait_for("the alarm to be dropped after 7 crashed runs", dropped, timeout=60)
     assert await stub.get_alarm() is None
     assert await stub.firings() == []
+
+
+async def test_worker_killed_while_holding_an_alarm_run_costs_no_retry(stateroom_runtime):
+    # The supervisor sends an alarm's run LEAD_MS (250 ms) ahead and the worker holds
+    # it until its time. A worker that dies during the hold ran nothing: the alarm
+    # fires at its time on the restarted worker as a first attempt, not a retry.
+    rt = stateroom_runtime
+    stub = rt.namespace("ALARMS").get_by_name("held-then-killed")
+    for _attempt in range(3):
+        when = now_ms() + 1500
+        await stub.set_alarm(when)
+
+        async def held(when=when):
+            return (await index_entry(rt, stub))["running"] or now_ms() >= when - 40
+
+        await wait_for("the alarm's run to be sent ahead", held)
+        if now_ms() < when - 40:
+            break
+        # Too slow to catch the hold this time: let that run end, then try again.
+        await wait_settled(rt, stub)
+    else:
+        pytest.fail("never saw an alarm run held before its time (machine too slow?)")
+    killed = await stub.firings()
+    await rt.kill_worker(stub)
+    runs = await wait_firings(stub, len(killed) + 1)
+    run = runs[-1]
+    assert run["at"] >= when, f"fired {when - run['at']:.1f} ms early"
+    assert (run["scheduled"], run["retry"], run["is_retry"]) == (when, 0, False)
+    assert run.get("done")
+    await wait_settled(rt, stub)
+    assert len(await stub.firings()) == len(killed) + 1, "the held run fired more than once"

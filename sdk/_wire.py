@@ -1,6 +1,6 @@
 """Conversions between user-facing `Request`/`Response` and their wire records.
 
-Headers of a wire record were checked where they entered the runtime (h11 at the
+Headers of a wire record were checked where they entered the runtime (llhttp at the
 front door, `Headers` when user code built them), so they are taken as they are.
 """
 

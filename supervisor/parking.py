@@ -76,7 +76,7 @@ from stateroom._protocol import (
     shard_of,
 )
 
-from .front import send_all
+from .front import send_all, switching_protocols_head
 from .websocket import (
     Closed,
     ServerWebSocket,
@@ -394,9 +394,12 @@ class Parking:
     # ------------------------------------------------------------------ the front door
 
     async def on_upgrade(
-        self, request: HttpRequest, stream: trio.SocketStream, conn: h11.Connection
+        self, request: HttpRequest, stream: trio.SocketStream, trailing: bytes
     ) -> None:
-        """Own an upgrade request's connection: route it, then park or refuse the socket."""
+        """Own an upgrade request's connection: route it, then park or refuse the socket.
+
+        `trailing` holds what the client sent after the request (its first frames).
+        """
         http = self.sup.http
         problem = handshake_error(request)
         if problem is not None:
@@ -405,13 +408,13 @@ class Parking:
                 ("sec-websocket-version", "13"),
             ]
             status = 426 if "Version" in problem else 400
-            await http._write_response(
-                conn, stream, "GET", HttpResponse(status, headers, (problem + "\n").encode())
+            await http.write_response(
+                stream, "GET", HttpResponse(status, headers, (problem + "\n").encode()), False
             )
             return
         if self.stopping:
-            await http._write_response(
-                conn, stream, "GET", _text(503, "the runtime is shutting down")
+            await http.write_response(
+                stream, "GET", _text(503, "the runtime is shutting down"), False
             )
             return
         try:
@@ -423,30 +426,26 @@ class Parking:
                 response = _text(
                     500, "a 101 response needs web_socket=client (a WebSocketPair half)"
                 )
-            await http._write_response(conn, stream, request.method, response)
+            await http.write_response(stream, request.method, response, False)
             return
         s = self.sockets.get(response.web_socket)
         if s is None or s.conn is not None:
-            await http._write_response(
-                conn,
+            await http.write_response(
                 stream,
                 request.method,
                 _text(
                     500,
                     "the WebSocket was not accepted: call ctx.accept_web_socket(server) in the object",
                 ),
+                False,
             )
             return
         try:
-            head = conn.send(
-                h11.InformationalResponse(
-                    status_code=101, headers=accept_headers(request, response.headers)
-                )
-            )
+            head = switching_protocols_head(accept_headers(request, response.headers))
             # Written without yielding when the kernel takes it (it does on a fresh
             # connection), so the socket counts as parked before anyone else runs:
             # a client that has its 101 sees itself in `sockets_parked`.
-            await send_all(stream, head or b"")
+            await send_all(stream, head)
         except (
             h11.LocalProtocolError,
             trio.BrokenResourceError,
@@ -463,7 +462,7 @@ class Parking:
         ws = ServerWebSocket(
             stream,
             self.nursery,
-            trailing=bytes(conn.trailing_data[0]),
+            trailing=trailing,
             batcher=self.batcher,
             max_message_bytes=self.max_message_bytes,
             max_buffered_bytes=self.max_buffered_bytes,

@@ -1,6 +1,6 @@
 """Server-side WebSocket connections: a thin trio adapter over wsproto's sans-I/O core.
 
-The front door (`front.py`, h11) has already parsed the upgrade request; this module
+The front door (`front.py`, httptools) has already parsed the upgrade request; this module
 validates it (`handshake_error`), builds the 101 headers (`accept_headers`) and then
 runs the RFC 6455 connection on the raw stream (`ServerWebSocket`). wsproto's
 `Connection` parses every incoming frame (masking, fragmentation, UTF-8 validation,
@@ -23,7 +23,7 @@ parking lot of thousands of mostly idle sockets needs:
   `Closed` (clean close, abrupt drop as 1006, protocol error, or oversize).
 
 Why not trio-websocket (the library the SPEC names as default): its server side
-parses the handshake itself from the raw stream (ours was already consumed by h11),
+parses the handshake itself from the raw stream (ours was already consumed by the front door),
 and every connection owns a nursery, a reader task and a memory channel. Measured on
 this machine with the same asyncio `websockets` client against an echo server built
 on each (`python bench/ws_adapter.py`): this adapter holds an idle connection in

@@ -498,3 +498,116 @@ def test_each_kind_of_bad_frame_gets_its_close_code(server, what, data, code):
     assert closes, f"{what}: no close frame in {received[:100]!r}"
     assert struct.unpack("!H", closes[0][:2])[0] == code, f"{what}: {closes[0]!r}"
     server.keeper.echo(what.replace(" ", "-"))
+
+
+# ---------------------------------------------------------------------------- the parser's rules
+
+HEALTH = b"GET /_stateroom/health HTTP/1.1\r\nhost: x\r\n\r\n"
+
+
+def response_statuses(data: bytes) -> list[int]:
+    """Status codes of the back-to-back responses in `data`, read by their framing."""
+    out = []
+    while data:
+        head, sep, data = data.partition(b"\r\n\r\n")
+        assert sep and head.startswith(b"HTTP/1.1 "), head[:100]
+        out.append(int(head[9:12]))
+        length = [
+            line for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:")
+        ]
+        data = data[int(length[0].split(b":")[1]) :]
+    return out
+
+
+@pytest.mark.parametrize(
+    ("what", "request_bytes", "status"),
+    [
+        # llhttp (httptools) is stricter than h11 was on these.
+        ("bare LF line ends", b"GET /_stateroom/health HTTP/1.1\nhost: x\n\n", 400),
+        ("an unknown method", b"BREW /fuzz HTTP/1.1\r\nhost: x\r\n\r\n", 400),
+        ("a lowercase method", b"get /_stateroom/health HTTP/1.1\r\nhost: x\r\n\r\n", 400),
+        (
+            "a control character in a value",
+            b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n",
+            400,
+        ),
+        ("an obsolete line fold", b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\r\n b\r\n\r\n", 400),
+        (
+            "Content-Length twice",
+            b"POST /fuzz HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\na",
+            400,
+        ),
+        (
+            "Content-Length with Transfer-Encoding",
+            b"POST /fuzz HTTP/1.1\r\nhost: x\r\ncontent-length: 1\r\n"
+            b"transfer-encoding: chunked\r\n\r\n1\r\na\r\n0\r\n\r\n",
+            400,
+        ),
+        ("an unknown HTTP version", b"GET / HTTP/9.9\r\nhost: x\r\n\r\n", 505),
+        # What llhttp lets through, the front door checks itself (as h11 did).
+        ("HTTP/1.1 without Host", b"GET /_stateroom/health HTTP/1.1\r\n\r\n", 400),
+        ("two Host headers", b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\n\r\n", 400),
+        ("HTTP/0.9", b"GET /_stateroom/health\r\n\r\n", 400),
+        (
+            "a transfer coding but chunked",
+            b"POST /fuzz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+            501,
+        ),
+        (
+            "an absolute-form target",
+            b"GET http://x/_stateroom/health HTTP/1.1\r\nhost: x\r\n\r\n",
+            400,
+        ),
+    ],
+)
+def test_a_request_the_parser_refuses_gets_one_answer_and_the_connection_closes(
+    server, what, request_bytes, status
+):
+    # The refusal ends the connection: the valid request pipelined after it is not served.
+    response = exchange(server, request_bytes + HEALTH)
+    assert response_statuses(response) == [status], f"{what}: {response[:300]!r}"
+    assert_healthy(server)
+
+
+def test_pipelined_requests_are_answered_in_order_then_a_bad_one_is_refused(server):
+    bad = b"GET / HTTP/1.1\r\nhost: x\r\nx-a: a\x01b\r\n\r\n"
+    response = exchange(server, HEALTH + b"GET /fuzz HTTP/1.1\r\nhost: x\r\n\r\n" + HEALTH + bad)
+    assert response_statuses(response) == [200, 404, 200, 400], response[:600]
+    # HTTP/1.0 (keep-alive asked or not) and `Connection: close` end the connection
+    # after their response: what follows is not served.
+    for first in (
+        b"GET /_stateroom/health HTTP/1.0\r\n\r\n",
+        b"GET /_stateroom/health HTTP/1.0\r\nconnection: keep-alive\r\n\r\n",
+        b"GET /_stateroom/health HTTP/1.1\r\nhost: x\r\nconnection: keep-alive, close\r\n\r\n",
+    ):
+        response = exchange(server, first + HEALTH)
+        assert response_statuses(response) == [200], f"{first!r}: {response[:300]!r}"
+        assert b"\r\nConnection: close\r\n" in response, response[:300]
+
+
+def test_a_head_after_a_large_body_in_the_same_read_is_measured_only_from_its_start(server):
+    # The second request's head begins near the end of the first read (after the first
+    # request's body) and ends in the next one: it is small and must be served.
+    body = b"a" * (65536 - 200)
+    first = b"POST /fuzz HTTP/1.1\r\nhost: x\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+    second = b"GET /_stateroom/health HTTP/1.1\r\nhost: x\r\nx-pad: " + b"p" * 4000 + b"\r\n\r\n"
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        s.sendall(first + second[:150])
+        time.sleep(0.2)  # let the server read the first part on its own
+        s.sendall(second[150:])
+        s.shutdown(socket.SHUT_WR)
+        assert response_statuses(_read_all(s, 5)) == [404, 200]
+
+
+def test_chunked_bodies_split_anywhere_are_read_and_trailers_ignored(server):
+    request = (
+        b"POST /fuzz HTTP/1.1\r\nhost: x\r\ntransfer-encoding: Chunked\r\n\r\n"
+        b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nx-trailer: 1\r\n\r\n" + HEALTH
+    )
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        for i in range(0, len(request), 7):
+            s.sendall(request[i : i + 7])
+            time.sleep(0.005)
+        s.shutdown(socket.SHUT_WR)
+        assert response_statuses(_read_all(s, 5)) == [404, 200]
+    assert_healthy(server)

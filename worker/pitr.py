@@ -121,6 +121,27 @@ def _write_file(path: Path, data: bytes, fsync: bool) -> None:
     os.replace(tmp, path)
 
 
+def _copy_file(src: str | Path, dst: Path, size: int, fsync: bool) -> None:
+    """Write the first `size` bytes of `src` to `dst` atomically, copied by the kernel."""
+    tmp = dst.with_name(dst.name + ".tmp")
+    with open(src, "rb") as fi, open(tmp, "wb") as fo:
+        done = 0
+        while done < size:
+            try:
+                n = os.copy_file_range(fi.fileno(), fo.fileno(), size - done, done, done)
+            except OSError:
+                # Not supported here (old kernel, some file systems): copy through us.
+                n = os.pwrite(
+                    fo.fileno(), os.pread(fi.fileno(), min(size - done, 1 << 20), done), done
+                )
+            if n <= 0:
+                raise OSError(f"{src} ended after {done} of {size} bytes")
+            done += n
+        if fsync:
+            os.fsync(fo.fileno())
+    os.replace(tmp, dst)
+
+
 def apply_frames(image: Any, wal: bytes, frames: int | None = None) -> None:
     """Write the first `frames` frames of WAL bytes `wal` into the open file `image`.
 
@@ -377,28 +398,34 @@ class History:
         blocks the file already has, so its fsync flushes data only. A WAL truncated
         at every archive grew again commit by commit, and each of those fsyncs also
         journalled the file's new size (~0.2 ms per sequential request here).
+
+        The bytes are copied by the kernel (`copy_file_range`), and when the live
+        segment's labels name every commit in the WAL (always, short of a crash) the
+        commit frames are taken from them: the WAL is not read into this process
+        (4 MB read, parsed and written from Python took ~15 ms per archive; now ~5).
         """
-        busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)", can_cache=False).get
-        if busy or frames <= 0 or self.segment is None:
+        if self.segment is None:
             return
+        frames = self._frames if self._labels_cover(self._frames) else 0
+        if not frames:
+            busy, frames, _done = conn.execute(
+                "PRAGMA wal_checkpoint(PASSIVE)", can_cache=False
+            ).get
+            if busy or frames <= 0:
+                return
         wal_path = self._wal_path or conn.filename_wal
         with open(wal_path, "rb") as f:
             head = f.read(WAL_HEADER)
-            page_size = struct.unpack(">I", head[8:12])[0]
-            wal = head + f.read(frames * (FRAME_HEADER + page_size))
-        commits = commit_frames(wal, frames)
-        known = dict((n, t) for t, n in self.labels)
-        fallback = max(self.last_time, int(os.path.getmtime(wal_path) * 1000))
-        labels: list[tuple[int, int]] = []
-        prev = 0
-        for n in commits:
-            t = max(known.get(n, fallback), prev)
-            labels.append((t, n))
-            prev = t
-        self.last_time = max(self.last_time, prev)
+        page_size = struct.unpack(">I", head[8:12])[0]
+        size = WAL_HEADER + frames * (FRAME_HEADER + page_size)
+        if self._labels_cover(frames):
+            labels = list(self.labels)
+        else:
+            labels = self._recover_labels(wal_path, size, frames)
+        self.last_time = max(self.last_time, labels[-1][0] if labels else 0)
         self._close_labels()
         seg = self.segment
-        _write_file(self._seg_path(seg, "wal"), wal, self.fsync)
+        _copy_file(wal_path, self._seg_path(seg, "wal"), size, self.fsync)
         _write_file(
             self._seg_path(seg, "log"), b"".join(LABEL.pack(*lb) for lb in labels), self.fsync
         )
@@ -409,6 +436,25 @@ class History:
         self.labels = []
         self._frames = 0
         self._fold_expired()
+
+    def _labels_cover(self, frames: int) -> bool:
+        """True when the live segment's labels end at `frames` (so they name every commit)."""
+        return frames > 0 and bool(self.labels) and self.labels[-1][1] == frames
+
+    def _recover_labels(self, wal_path: str, size: int, frames: int) -> list[tuple[int, int]]:
+        """Labels of the WAL's commits when some were lost: read the commit marks, and
+        give unlabelled commits the WAL file's modification time."""
+        with open(wal_path, "rb") as f:
+            wal = f.read(size)
+        known = dict((n, t) for t, n in self.labels)
+        fallback = max(self.last_time, int(os.path.getmtime(wal_path) * 1000))
+        labels: list[tuple[int, int]] = []
+        prev = 0
+        for n in commit_frames(wal, frames):
+            t = max(known.get(n, fallback), prev)
+            labels.append((t, n))
+            prev = t
+        return labels
 
     def _fold_expired(self) -> None:
         """Fold segments whose every commit left the retention window into the base."""

@@ -327,3 +327,30 @@ def test_pitr_restarts_the_wal_in_place_and_keeps_history_exact(tmp_path, monkey
     assert again.kv_get("j") == i
     again.close()
     assert not Path(str(crashed / "obj.sqlite") + "-wal").exists()
+
+
+def test_pitr_archives_without_copy_file_range(tmp_path, monkeypatch):
+    # Where the kernel cannot copy between the files (an old kernel, some file
+    # systems), the segment is copied through the process instead, byte for byte.
+    monkeypatch.setattr(pitr, "ARCHIVE_FRAMES", 3)
+
+    def unsupported(*_args):
+        raise OSError(18, "Invalid cross-device link")
+
+    monkeypatch.setattr(pitr.os, "copy_file_range", unsupported)
+    path = tmp_path / "obj.sqlite"
+    db = open_db(path)
+    db.open(create=True)
+    marks = []
+    for i in range(7):
+        db.kv_put_many({"i": i, "pad": "y" * 2000})
+        db.commit()
+        marks.append(db.history.current())
+    assert len(db.history.segments()) >= 2
+    for s in db.history.segments():
+        seg = db.history.dir / f"{s:010d}.wal"
+        assert (seg.stat().st_size - pitr.WAL_HEADER) % (pitr.FRAME_HEADER + 4096) == 0
+    for i in (0, 2, 4, 6):
+        restore(db, marks[i])
+        assert db.kv_get("i") == i
+    db.close()

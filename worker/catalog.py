@@ -325,9 +325,27 @@ class ObjectHost:
         """
         if not self.db.in_txn:
             return
+        if self._alone():
+            # The worker's only request and the only open transaction: nothing could
+            # join a group commit, and the committer would commit it inline at the
+            # end of this turn, then wake the loop to resume this task. Committing
+            # here saves that loop turn and the wake-up.
+            self.commit_quietly()
+            return
         waiter = self._durable
         self.schedule_flush()
         await waiter.wait()
+
+    def _alone(self) -> bool:
+        """True when this object's commit can run now, in the current task (`wait_durable`)."""
+        pending = self.worker.committer.pending
+        return (
+            not self.queue
+            and not self.txn_depth
+            and not self.db.committing
+            and len(pending) <= 1
+            and self.worker.requests_in_flight() <= 1
+        )
 
     def commit_quietly(self) -> None:
         try:

@@ -14,6 +14,13 @@ trio has tasks ready, so the loop comes straight back), its commit waits up to
 `MAX_SPINS` iterations so those events' writes join the same transaction and one
 fsync releases them all. When the loop is about to sleep, everything commits.
 
+The lone request. When an event that wrote ends while it is the worker's only
+request and its object's transaction the only one open (`ObjectHost._alone`),
+nothing could join a group commit: `wait_durable` commits right there, in the
+event's task, instead of leaving it to this hook (which would then have to wake
+the loop again to resume the task). Sequential requests to one object take this
+path: worker CPU per request 373-445 -> 292-348 µs.
+
 Where the COMMIT runs. Under `--durability process` there is no fsync to wait for:
 every commit runs right here. Under `full` each COMMIT ends in an fsync of the
 object's WAL, so the loop does not wait for it unless it has nothing else to do

@@ -549,6 +549,10 @@ class Worker:
             self.evict(host)
         os._exit(0)
 
+    def requests_in_flight(self) -> int:
+        """Requests from the supervisor this worker is serving now."""
+        return len(self._serving)
+
     async def _serve_request(self, msg: Any) -> None:
         rid = msg.request_id
         ORIGIN.set(rid)

@@ -378,12 +378,22 @@ class History:
         """The object is being closed: archive its WAL unless it is small (`KEEP_FRAMES`).
 
         A WAL left with no live frames is truncated, so the next open does not read
-        back (and archive again) the frames of a segment already archived.
+        back (and archive again) the frames of a segment already archived; a kept one
+        is cut to its live frames.
         """
         if self._frames > KEEP_FRAMES:
             self._archive(conn)
         if self._frames == 0 and self._wal_path and os.path.exists(self._wal_path):
             conn.execute("PRAGMA wal_checkpoint(TRUNCATE)", can_cache=False)
+        elif self._frames and self._wal_path:
+            # A kept WAL restarted after an archive goes on with the old generation's
+            # frames (up to ARCHIVE_FRAMES pages): cut them, or every object once hot
+            # would keep megabytes of them on disk while evicted.
+            with open(self._wal_path, "r+b") as f:
+                page_size = struct.unpack(">I", f.read(WAL_HEADER)[8:12])[0]
+                live = WAL_HEADER + self._frames * (FRAME_HEADER + page_size)
+                if os.fstat(f.fileno()).st_size > live:
+                    f.truncate(live)
         self._close_labels()
 
     def _close_labels(self) -> None:

@@ -611,3 +611,24 @@ def test_chunked_bodies_split_anywhere_are_read_and_trailers_ignored(server):
         s.shutdown(socket.SHUT_WR)
         assert response_statuses(_read_all(s, 5)) == [404, 200]
     assert_healthy(server)
+
+
+def test_a_client_expecting_100_continue_gets_it_before_sending_the_body(server):
+    # curl asks for `100 Continue` before a large body and waits a second without it.
+    head = b"POST /fuzz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: 5\r\n\r\n"
+    with socket.create_connection((server.host, server.port), timeout=10) as s:
+        s.sendall(head)
+        s.settimeout(2)
+        interim = s.recv(4096)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello" + HEALTH)
+        s.shutdown(socket.SHUT_WR)
+        assert response_statuses(_read_all(s, 5)) == [404, 200]
+    # A body already refused on its length gets the refusal, not an invitation.
+    over = b"POST /fuzz HTTP/1.1\r\nhost: x\r\nexpect: 100-continue\r\ncontent-length: %d\r\n\r\n"
+    response = exchange(server, over % (MAX_BODY + 1))
+    assert statuses(response) == [413] and b"100 Continue" not in response
+    # A body sent along with its head needs no invitation.
+    response = exchange(server, head + b"hello")
+    assert statuses(response) == [404] and b"100 Continue" not in response
+    assert_healthy(server)

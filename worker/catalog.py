@@ -343,7 +343,7 @@ class ObjectHost:
             not self.queue
             and not self.txn_depth
             and not self.db.committing
-            and len(pending) <= 1
+            and (not pending or (len(pending) == 1 and self in pending))
             and self.worker.requests_in_flight() <= 1
         )
 

@@ -142,6 +142,11 @@ def _copy_file(src: str | Path, dst: Path, size: int, fsync: bool) -> None:
     os.replace(tmp, dst)
 
 
+def _frame_step(head: bytes) -> int:
+    """Bytes of one frame (frame header + page) of the WAL whose header is `head`."""
+    return FRAME_HEADER + struct.unpack(">I", head[8:12])[0]
+
+
 def apply_frames(image: Any, wal: bytes, frames: int | None = None) -> None:
     """Write the first `frames` frames of WAL bytes `wal` into the open file `image`.
 
@@ -150,8 +155,8 @@ def apply_frames(image: Any, wal: bytes, frames: int | None = None) -> None:
     """
     if len(wal) < WAL_HEADER:
         return
-    page_size = struct.unpack(">I", wal[8:12])[0]
-    step = FRAME_HEADER + page_size
+    step = _frame_step(wal)
+    page_size = step - FRAME_HEADER
     total = (len(wal) - WAL_HEADER) // step
     n = total if frames is None else min(frames, total)
     db_pages = 0
@@ -170,8 +175,7 @@ def commit_frames(wal: bytes, frames: int) -> list[int]:
     """Frame counts after each commit among the first `frames` frames of `wal`."""
     if len(wal) < WAL_HEADER:
         return []
-    page_size = struct.unpack(">I", wal[8:12])[0]
-    step = FRAME_HEADER + page_size
+    step = _frame_step(wal)
     out = []
     for i in range(frames):
         off = WAL_HEADER + i * step
@@ -315,7 +319,7 @@ class History:
             return False
         if len(head) < WAL_HEADER or head != seg_head:
             return False
-        step = FRAME_HEADER + struct.unpack(">I", head[8:12])[0]
+        step = _frame_step(head)
         busy, frames, _done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)", can_cache=False).get
         return not busy and WAL_HEADER + frames * step == seg_bytes
 
@@ -336,7 +340,7 @@ class History:
                 head = f.read(WAL_HEADER)
                 if len(head) < WAL_HEADER:
                     return None
-                step = FRAME_HEADER + struct.unpack(">I", head[8:12])[0]
+                step = _frame_step(head)
                 f.seek(WAL_HEADER + (frames - 1) * step)
                 last = f.read(FRAME_HEADER)
                 f.seek(WAL_HEADER + frames * step)
@@ -390,8 +394,7 @@ class History:
             # frames (up to ARCHIVE_FRAMES pages): cut them, or every object once hot
             # would keep megabytes of them on disk while evicted.
             with open(self._wal_path, "r+b") as f:
-                page_size = struct.unpack(">I", f.read(WAL_HEADER)[8:12])[0]
-                live = WAL_HEADER + self._frames * (FRAME_HEADER + page_size)
+                live = WAL_HEADER + self._frames * _frame_step(f.read(WAL_HEADER))
                 if os.fstat(f.fileno()).st_size > live:
                     f.truncate(live)
         self._close_labels()
@@ -416,8 +419,8 @@ class History:
         """
         if self.segment is None:
             return
-        frames = self._frames if self._labels_cover(self._frames) else 0
-        if not frames:
+        frames = self._frames
+        if not self._labels_cover(frames):
             busy, frames, _done = conn.execute(
                 "PRAGMA wal_checkpoint(PASSIVE)", can_cache=False
             ).get
@@ -425,9 +428,7 @@ class History:
                 return
         wal_path = self._wal_path or conn.filename_wal
         with open(wal_path, "rb") as f:
-            head = f.read(WAL_HEADER)
-        page_size = struct.unpack(">I", head[8:12])[0]
-        size = WAL_HEADER + frames * (FRAME_HEADER + page_size)
+            size = WAL_HEADER + frames * _frame_step(f.read(WAL_HEADER))
         if self._labels_cover(frames):
             labels = list(self.labels)
         else:
